@@ -1,0 +1,1 @@
+"""sparsefuse.targets"""
