@@ -1,0 +1,57 @@
+"""``sparsefuse`` command line. Each subcommand lives in compiler/commands/<name>.py and exposes
+``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+
+User mistakes (SparsefuseError) print one line and exit 2; Ctrl-C exits 130 with no partial
+artifact (artifacts are written atomically); internal bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sparsefuse.errors import SparsefuseError
+
+# One entry per module in compiler/commands/. Keep the list short and alphabetical.
+COMMAND_MODULES: tuple[str, ...] = (
+    "compile",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsefuse",
+        description="Deployment compiler for multimodal (camera + LiDAR) BEV perception models.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"sparsefuse.compiler.commands.{name}").register(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from sparsefuse import __version__
+
+    return f"sparsefuse {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SparsefuseError as err:
+        print(err.one_line(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (no partial artifact was written)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
