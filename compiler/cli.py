@@ -16,6 +16,10 @@ from sparsefuse.errors import SparsefuseError
 # One entry per module in compiler/commands/. Keep the list short and alphabetical.
 COMMAND_MODULES: tuple[str, ...] = (
     "compile",
+    "handoff",
+    "prune",
+    "regress",
+    "verify",
 )
 
 

@@ -1,5 +1,16 @@
 """Voxelize: points[P,F] -> mean voxel features, (b,z,y,x) coords, voxel count."""
 
+from sparsefuse.plugins.voxelize.export import translation_table
+from sparsefuse.plugins.voxelize.function import function_proto
 from sparsefuse.plugins.voxelize.reference import grid_shape, voxelize
+from sparsefuse.plugins.voxelize.schema import OP_TYPE, SPEC, register_schema
 
-__all__ = ["grid_shape", "voxelize"]
+__all__ = [
+    "grid_shape",
+    "voxelize",
+    "OP_TYPE",
+    "SPEC",
+    "function_proto",
+    "register_schema",
+    "translation_table",
+]

@@ -1,0 +1,83 @@
+"""``sparsefuse compile``: model + rig -> verified artifacts for one target (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+STAGE_NAMES = ("export", "passes", "lower", "build", "verify")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "compile",
+        help="export, lower, build and verify a model for one target",
+        description="Export the model to ONNX (custom ops as single nodes), clean it up, lower it "
+                    "for the target, build the engine and verify it against PyTorch on fresh frames. "
+                    "Exit codes: 0 verified, 1 verify failed, 2 usage error.",
+    )
+    parser.add_argument("--model", required=True, help="model preset, e.g. bevfusion-tiny or bevfusion-base")
+    parser.add_argument("--target", required=True, help="target tag, e.g. cpu")
+    parser.add_argument("--out", required=True, help="artifact directory (created if missing)")
+    parser.add_argument("--rig", default=None, help="sensor rig JSON (default: the preset's built-in rig)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the export frame")
+    parser.add_argument("--verify-frames", type=int, default=3, help="fresh frames to verify (default 3)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparsefuse.compiler.config import make_config
+    from sparsefuse.compiler.pipeline import compile_model
+
+    config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames)
+    with RichProgress() as progress:
+        result = compile_model(config, progress)
+    progress.summary(result)
+    return 0 if result.verify_passed else 1
+
+
+class RichProgress:
+    """One line per stage with a spinner while it runs, its time, and 'cached' when skipped."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"),
+                            TimeElapsedColumn(), console=self.console, transient=False)
+        self.tasks = {name: self.bar.add_task(f"[dim]{name}[/]", total=1, start=False)
+                      for name in STAGE_NAMES}
+        self._started: dict[str, float] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def stage_started(self, name: str) -> None:
+        task = self._task(name)
+        self._started[name] = time.perf_counter()
+        self.bar.update(task, description=f"[bold]{name}[/]")
+        self.bar.start_task(task)
+
+    def stage_finished(self, record: Any) -> None:
+        note = "cached" if record.cached else f"{record.wall_s:.1f} s"
+        if record.name == "verify":
+            note += " [green]pass[/]" if record.details.get("pass") else " [red]FAIL[/]"
+        self.bar.update(self._task(record.name), description=f"{record.name} [dim]({note})[/]", completed=1)
+
+    def log(self, message: str) -> None:
+        """Per-pass lines are recorded in compile.json; the display stays one line per stage."""
+
+    def summary(self, result: Any) -> None:
+        verdict = "[green]verified[/]" if result.verify_passed else "[red]verify FAILED[/] (see verify.json)"
+        self.console.print(f"{verdict}: artifacts in {result.out} ({result.wall_s:.1f} s)")
+
+    def _task(self, name: str) -> Any:
+        if name not in self.tasks:  # stages added later show up without touching this file
+            self.tasks[name] = self.bar.add_task(name, total=1, start=False)
+        return self.tasks[name]

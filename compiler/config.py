@@ -1,0 +1,104 @@
+"""CompileConfig: what one ``sparsefuse compile`` is asked to do, validated once at the edge."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sparsefuse.errors import SparsefuseError
+
+MAX_VERIFY_FRAMES = 64
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """model: preset name; target: target tag; out: artifact directory; rig: rig JSON (None = the
+    preset's built-in rig); seed: weights and export frame; verify_frames: fresh frames checked."""
+
+    model: str
+    target: str
+    out: Path
+    rig: Path | None = None
+    seed: int = 0
+    verify_frames: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["out"] = self.out.as_posix()
+        data["rig"] = self.rig.as_posix() if self.rig else None
+        return data
+
+    def key_dict(self) -> dict[str, Any]:
+        """The fields that change artifacts (``out`` does not)."""
+        data = self.to_dict()
+        del data["out"]
+        return data
+
+
+def make_config(
+    model: str, target: str, out: str | os.PathLike[str], rig: str | os.PathLike[str] | None = None,
+    seed: int = 0, verify_frames: int = 3,
+) -> CompileConfig:
+    """Validate every field; a bad one raises SparsefuseError naming it and what is allowed."""
+    _check_model(model)
+    _check_target(target)
+    rig_path = _check_rig(rig) if rig is not None else None
+    if not isinstance(seed, int) or seed < 0:
+        raise SparsefuseError(f"--seed must be a non-negative integer, got {seed!r}", "e.g. --seed 0")
+    if not isinstance(verify_frames, int) or not 1 <= verify_frames <= MAX_VERIFY_FRAMES:
+        raise SparsefuseError(
+            f"--verify-frames must be an integer in [1, {MAX_VERIFY_FRAMES}], got {verify_frames!r}",
+            "the default is 3 fresh frames",
+        )
+    out_path = _check_out(Path(out))
+    return CompileConfig(model, target, out_path, rig_path, seed, verify_frames)
+
+
+def _check_model(name: str) -> None:
+    from sparsefuse.models.presets import get_preset
+
+    try:
+        get_preset(name)
+    except (KeyError, ValueError) as exc:  # presets raise SparsefuseError; be safe with the rest
+        raise SparsefuseError(f"unknown model {name!r}", "see `sparsefuse compile --help`") from exc
+
+
+def _check_target(tag: str) -> None:
+    from sparsefuse.targets.registry import get_target
+
+    target = get_target(tag)
+    if target.backend != "onnxruntime":
+        raise SparsefuseError(
+            f"target {tag!r} uses backend {target.backend!r}, which compile cannot build yet",
+            "use --target cpu (ONNX Runtime)",
+        )
+
+
+def _check_rig(rig: str | os.PathLike[str]) -> Path:
+    from sparsefuse.models.rig import load_rig
+
+    path = Path(rig)
+    if not path.is_file():
+        raise SparsefuseError(f"rig file not found: {path}", "pass an existing rig JSON with --rig")
+    load_rig(path)  # raises SparsefuseError naming the malformed field
+    return path.resolve()
+
+
+def _check_out(out: Path) -> Path:
+    """Create ``out`` if needed and prove it writable with a probe file."""
+    if out.exists() and not out.is_dir():
+        raise SparsefuseError(f"--out {out} exists and is not a directory", "choose a directory path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SparsefuseError(
+            f"cannot write to output directory {out}: {exc.strerror or exc}",
+            "choose an output directory you can write to (--out)",
+        ) from None
+    return out.resolve()

@@ -1,0 +1,127 @@
+"""Stage running with caching and progress reporting.
+
+A stage is a function that writes its outputs (paths relative to OUT) atomically and returns a
+small JSON-able ``details`` dict. Its cache key is hash(input hashes + config + tool versions)
+(compiler/provenance.py). After a stage completes, its record (key, output hashes, details) is
+saved in OUT/.cache/<stage>.json; on recompile a stage whose key is unchanged and whose
+outputs are intact is skipped. Cache records are bookkeeping, not artifacts: a record whose
+outputs were changed or deleted is simply ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sparsefuse.compiler.provenance import hash_outputs, outputs_intact, stage_key
+
+from sparsefuse.atomic import write_json
+
+CACHE_DIR = ".cache"
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What a stage did: cache key, output hashes {relpath: sha256}, wall time (s), details."""
+
+    name: str
+    key: str
+    outputs: dict[str, str]
+    wall_s: float
+    cached: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "outputs": self.outputs, "wall_s": round(self.wall_s, 3),
+                "cached": self.cached, "details": self.details}
+
+
+class Progress(Protocol):
+    """What the pipeline tells its display."""
+
+    def stage_started(self, name: str) -> None: ...
+    def stage_finished(self, record: StageRecord) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class NullProgress:
+    def stage_started(self, name: str) -> None:
+        pass
+
+    def stage_finished(self, record: StageRecord) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+StageFn = Callable[[], Mapping[str, Any] | None]
+
+
+@dataclass
+class StageRunner:
+    """Runs stages in OUT, skipping those whose cached record still holds."""
+
+    out: Path
+    versions: Mapping[str, str]
+    progress: Progress = field(default_factory=NullProgress)
+    records: list[StageRecord] = field(default_factory=list)
+
+    def run(self, name: str, inputs: Mapping[str, str], config: Mapping[str, Any],
+            outputs: Sequence[str], fn: StageFn) -> StageRecord:
+        """Run stage ``name`` unless cached. ``inputs``: {label: sha256}; ``outputs``: relpaths."""
+        key = stage_key(name, inputs, config, self.versions)
+        self.progress.stage_started(name)
+        record = self._cached(name, key, outputs)
+        if record is None:
+            start = time.perf_counter()
+            details = dict(fn() or {})
+            wall_s = time.perf_counter() - start
+            record = StageRecord(name, key, hash_outputs(self.out, outputs), wall_s, False, details)
+            write_json(self._cache_path(name), {"schema_version": 1, "name": name, **record.to_dict()})
+        self.records.append(record)
+        self.progress.stage_finished(record)
+        return record
+
+    def _cache_path(self, name: str) -> Path:
+        return self.out / CACHE_DIR / f"{name}.json"
+
+    def _cached(self, name: str, key: str, outputs: Sequence[str]) -> StageRecord | None:
+        try:
+            saved = json.loads(self._cache_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+        hashes = saved.get("outputs", {})
+        covers = all(any(rel == o or rel.startswith(o.rstrip("/") + "/") for rel in hashes) for o in outputs)
+        if saved.get("key") != key or not covers or not outputs_intact(self.out, hashes):
+            return None
+        return StageRecord(name, key, hashes, float(saved.get("wall_s", 0.0)), True, saved.get("details", {}))
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``dest``; it replaces ``dest`` only on success."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            # Two renames keep the window without a complete directory to a rename, not a copy.
+            old = dest.with_name(f".{dest.name}.old.tmp")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

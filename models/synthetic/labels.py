@@ -1,0 +1,125 @@
+"""Labels on the model's BEV grid: segmentation masks and CenterPoint detection targets.
+
+BEV grid (models/geometry.py): cell (iy, ix) covers x in xmin + [ix, ix+1) * cell and
+y in ymin + [iy, iy+1) * cell; arrays are [..., Y, X].
+Box regression channels at a centre cell: dx, dy (m, box centre minus cell centre), z (m),
+log w, log l, log h (m), sin yaw, cos yaw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsefuse.models.synthetic.scene import CLASS_NAMES, Road, box_corners_bev, drivable_mask
+
+
+@dataclass(frozen=True)
+class BevGrid:
+    xmin: float
+    ymin: float
+    cell: float  # m
+    shape: tuple[int, int]  # (Y, X)
+
+    @property
+    def xmax(self) -> float:
+        return self.xmin + self.cell * self.shape[1]
+
+    @property
+    def ymax(self) -> float:
+        return self.ymin + self.cell * self.shape[0]
+
+    def centres(self, sub: int = 1) -> np.ndarray:
+        """[Y*sub, X*sub, 2] (x, y) of sub-cell centres, m."""
+        step = self.cell / sub
+        x = self.xmin + (np.arange(self.shape[1] * sub) + 0.5) * step
+        y = self.ymin + (np.arange(self.shape[0] * sub) + 0.5) * step
+        xx, yy = np.meshgrid(x, y)
+        return np.stack([xx, yy], -1)
+
+    def contains(self, xy: np.ndarray) -> np.ndarray:
+        return (xy[..., 0] >= self.xmin) & (xy[..., 0] < self.xmax) & (xy[..., 1] >= self.ymin) & (
+            xy[..., 1] < self.ymax)
+
+
+def points_in_boxes_bev(xy: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """[N, ...] bool: which points xy[..., 2] fall inside each box footprint."""
+    out = np.zeros((len(boxes),) + xy.shape[:-1], bool)
+    for i, (x, y, _, w, l, _, yaw) in enumerate(boxes):
+        dx, dy = xy[..., 0] - x, xy[..., 1] - y
+        c, s = np.cos(yaw), np.sin(yaw)
+        out[i] = (np.abs(c * dx + s * dy) <= l / 2) & (np.abs(-s * dx + c * dy) <= w / 2)
+    return out
+
+
+def seg_masks(roads: tuple[Road, ...], boxes: np.ndarray, labels: np.ndarray, grid: BevGrid,
+              sub: int = 4) -> np.ndarray:
+    """uint8 [1 + num_classes, Y, X]: drivable (≥ half of the cell), then per-class occupancy
+    (any part of the cell covered by a box footprint, or the cell holding the box centre)."""
+    y_size, x_size = grid.shape
+    xy = grid.centres(sub)
+    drive = drivable_mask(roads, xy).reshape(y_size, sub, x_size, sub).mean((1, 3)) >= 0.5
+    masks = np.zeros((1 + len(CLASS_NAMES), y_size, x_size), np.uint8)
+    masks[0] = drive
+    for i, cls in enumerate(labels):
+        # rasterize only the window of cells the box's bounding circle can touch
+        r = 0.5 * float(np.hypot(boxes[i, 3], boxes[i, 4]))
+        y0, x0 = _cell_of(boxes[i, :2] - r, grid)
+        y1, x1 = _cell_of(boxes[i, :2] + r, grid)
+        y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1 + 1, y_size), min(x1 + 1, x_size)
+        if y0 < y1 and x0 < x1:
+            window = xy[y0 * sub:y1 * sub, x0 * sub:x1 * sub]
+            inside = points_in_boxes_bev(window, boxes[i:i + 1])[0]
+            masks[1 + cls, y0:y1, x0:x1] |= inside.reshape(y1 - y0, sub, x1 - x0, sub).any((1, 3))
+        iy, ix = _cell_of(boxes[i, :2], grid)
+        if 0 <= iy < y_size and 0 <= ix < x_size:
+            masks[1 + cls, iy, ix] = 1
+    return masks
+
+
+def _cell_of(xy: np.ndarray, grid: BevGrid) -> tuple[int, int]:
+    return int(np.floor((xy[1] - grid.ymin) / grid.cell)), int(np.floor((xy[0] - grid.xmin) / grid.cell))
+
+
+def gaussian_radius(length_cells: float, width_cells: float, min_overlap: float = 0.1) -> float:
+    """CornerNet / CenterPoint radius (cells): the smallest of the three IoU ≥ min_overlap cases."""
+    h, w = length_cells, width_cells
+    b1, c1 = h + w, w * h * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + np.sqrt(b1**2 - 4 * c1)) / 2
+    b2, c2 = 2 * (h + w), (1 - min_overlap) * w * h
+    r2 = (b2 + np.sqrt(b2**2 - 16 * c2)) / 2
+    a3, b3, c3 = 4 * min_overlap, -2 * min_overlap * (h + w), (min_overlap - 1) * w * h
+    r3 = (b3 + np.sqrt(b3**2 - 4 * a3 * c3)) / 2
+    return float(min(r1, r2, r3))
+
+
+@dataclass(frozen=True)
+class DetTargets:
+    heatmap: np.ndarray  # [C, Y, X] f32 in [0, 1], 1 exactly at object centre cells
+    boxes: np.ndarray  # [8, Y, X] f32 regression targets (valid where mask)
+    mask: np.ndarray  # [Y, X] bool: cells holding an object centre
+
+
+def detection_targets(boxes: np.ndarray, labels: np.ndarray, grid: BevGrid, min_radius: int = 1
+                      ) -> DetTargets:
+    """CenterPoint targets: a Gaussian peak per object at its centre cell, regression there."""
+    y_size, x_size = grid.shape
+    heat = np.zeros((len(CLASS_NAMES), y_size, x_size), np.float32)
+    reg = np.zeros((8, y_size, x_size), np.float32)
+    mask = np.zeros((y_size, x_size), bool)
+    yy, xx = np.mgrid[0:y_size, 0:x_size]
+    for (x, y, z, w, l, h, yaw), cls in zip(boxes, labels, strict=True):
+        iy, ix = _cell_of(np.array([x, y]), grid)
+        if not (0 <= iy < y_size and 0 <= ix < x_size):
+            continue
+        radius = max(min_radius, int(gaussian_radius(l / grid.cell, w / grid.cell)))
+        sigma = (2 * radius + 1) / 6.0
+        g = np.exp(-((yy - iy) ** 2 + (xx - ix) ** 2) / (2 * sigma**2))
+        g[np.maximum(np.abs(yy - iy), np.abs(xx - ix)) > radius] = 0.0
+        heat[cls] = np.maximum(heat[cls], g)
+        cx = grid.xmin + (ix + 0.5) * grid.cell
+        cy = grid.ymin + (iy + 0.5) * grid.cell
+        reg[:, iy, ix] = (x - cx, y - cy, z, np.log(w), np.log(l), np.log(h), np.sin(yaw), np.cos(yaw))
+        mask[iy, ix] = True
+    return DetTargets(heat, reg, mask)

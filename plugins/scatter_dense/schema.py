@@ -1,0 +1,27 @@
+"""ONNX schema of ``sparsefuse::ScatterDense`` (opset 1). Semantics: reference.py."""
+
+from __future__ import annotations
+
+from onnx.defs import OpSchema
+from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, register
+
+OP_TYPE = "ScatterDense"
+
+SPEC = OpSpec(
+    op_type=OP_TYPE,
+    doc=(
+        "features[N,C], coords[N,4] int32 (b, z, y, x), unique -> dense[B, C*Z, Y, X]; channel c*Z + z "
+        "holds feature c of height slice z; empty cells are zero."
+    ),
+    inputs=[("features", "T"), ("coords", INT32)],
+    outputs=[("dense", "T")],
+    attributes=[
+        AttrSpec("spatial_shape", "INTS", "grid (Z, Y, X)"),
+        AttrSpec("batch_size", "INT", "B", 1),
+    ],
+)
+
+
+def register_schema() -> OpSchema:
+    """Register the schema with onnx.defs (idempotent)."""
+    return register(SPEC)

@@ -1,0 +1,155 @@
+"""``sparsefuse::SparseConv3d`` as an ONNX FunctionProto in standard ops (slow, exact).
+
+Attributes cannot change a function body's structure, so the body is vectorized over all
+Kt = kz*ky*kx kernel offsets at once:
+
+1. output sites: subm=1 -> the input coords; subm=0 -> Unique(sorted) of the valid candidate
+   output keys o = (x + p - k*d)/s, i.e. ordered by linear key over the output grid;
+2. neighbours: for output o and offset k the input site is o*s' - p' + k*d, with (s', p') =
+   (s, p) for a regular conv and (1, (K//2)*d) for a submanifold one; each is looked up in a
+   dense B*Z*Y*X table of input row indices built with ScatterND (collision-free);
+3. gather [M, Kt, Cin] with a zero row for misses, then one Gemm with weight [Cout, Kt*Cin]
+   (and the optional bias as Gemm's C), then the activation.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto
+from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
+from sparsefuse.plugins.sparse_conv3d.schema import SPEC
+
+I64 = TensorProto.INT64
+
+
+def _all_last(fb: FunctionBuilder, cond3: str) -> str:
+    """AND over the last axis (size 3) of a bool tensor, dropping that axis."""
+    parts = [fb.squeeze(fb.slice(cond3, [i], [i + 1], [-1]), [-1]) for i in range(3)]
+    return fb.op("And", fb.op("And", parts[0], parts[1]), parts[2])
+
+
+def _linear_key(fb: FunctionBuilder, b: str, xyz: str, shape: str) -> str:
+    """((b*Z + z)*Y + y)*X + x over the last axis of xyz [..., 3]; b broadcasts; shape [3] (Z, Y, X)."""
+    key = b
+    for i in range(3):
+        coord = fb.squeeze(fb.slice(xyz, [i], [i + 1], [-1]), [-1])
+        key = fb.op("Add", fb.op("Mul", key, fb.slice(shape, [i], [i + 1], [0])), coord)
+    return key
+
+
+def _strided_sites(
+    fb: FunctionBuilder, b: str, xyz: str, pad: str, off_d: str, stride: str, out_shape: str, key_shape: str
+) -> str:
+    """[M,4] int64 output sites of a regular conv, sorted by linear key (one Unique).
+
+    out_shape: the output grid (possibly empty); key_shape: the same clamped to >= 1 for the keys.
+    """
+    num = fb.op("Sub", fb.op("Add", fb.unsqueeze(xyz, [1]), pad), fb.unsqueeze(off_d, [0]))  # [N,Kt,3]
+    out = fb.op("Div", num, stride)
+    ok = fb.op(
+        "And",
+        fb.op(
+            "And", fb.op("GreaterOrEqual", num, fb.const(0)), fb.op("Equal", fb.op("Mul", out, stride), num)
+        ),
+        fb.op("Less", out, out_shape),
+    )
+    valid = _all_last(fb, ok)  # [N,Kt]
+    keys = _linear_key(fb, b, out, key_shape)  # b [N,1] broadcasts over Kt
+    flat = fb.const([-1])
+    cand = fb.op("Compress", fb.op("Reshape", keys, flat), fb.op("Reshape", valid, flat), axis=0)
+    uniq = fb.op("Unique", cand, sorted=1)
+    rest, parts = uniq, []
+    for i in (2, 1, 0):
+        size = fb.slice(key_shape, [i], [i + 1], [0])
+        parts.append(fb.op("Mod", rest, size))
+        rest = fb.op("Div", rest, size)
+    cols = [rest, *reversed(parts)]  # b, z, y, x
+    return fb.op("Concat", *[fb.unsqueeze(c, [1]) for c in cols], axis=1)
+
+
+def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
+    """The FunctionProto ``sparsefuse::SparseConv3d`` with its body in the standard domain at ``opset``."""
+    fb = FunctionBuilder(SPEC)
+    grid, ksize = fb.attr("spatial_shape"), fb.attr("kernel_size")
+    stride, pad, dil = fb.attr("stride"), fb.attr("padding"), fb.attr("dilation")
+    subm = fb.op("Cast", fb.attr("subm"), to=TensorProto.BOOL)
+    one = fb.const(1)
+
+    coords = fb.op("Cast", "coords", to=I64)
+    b = fb.slice(coords, [0], [1], [1])  # [N,1]
+    xyz = fb.slice(coords, [1], [4], [1])  # [N,3]
+
+    # Kernel offsets, row-major (kx fastest): off[k] = (k // [ky*kx, kx, 1]) % K.
+    ky_kx = fb.slice(ksize, [1], [3], [0])
+    kx = fb.slice(ksize, [2], [3], [0])
+    radix = fb.op("Concat", fb.op("ReduceProd", ky_kx, keepdims=1), kx, fb.const([1]), axis=0)
+    n_offsets = fb.op("ReduceProd", ksize, keepdims=0)
+    k_index = fb.unsqueeze(fb.op("Range", fb.const(0), n_offsets, one), [1])  # [Kt,1]
+    off_d = fb.op("Mul", fb.op("Mod", fb.op("Div", k_index, radix), ksize), dil)  # [Kt,3]
+
+    reach = fb.op("Add", fb.op("Mul", dil, fb.op("Sub", ksize, one)), one)  # d(k-1) + 1
+    numerator = fb.op("Sub", fb.op("Add", grid, fb.op("Mul", pad, fb.const(2))), reach)
+    regular_shape = fb.op("Add", fb.op("Div", numerator, stride), one)  # (in + 2p - d(k-1) - 1)/s + 1
+    # Decoding divides by the output grid: keep it >= 1 even where it is empty (a submanifold conv
+    # never uses it, but ORT rejects a constant zero divisor when it builds the Mod kernel).
+    key_shape = fb.op("Max", regular_shape, one)
+    eff_stride = fb.op("Where", subm, fb.const([1, 1, 1]), stride)
+    eff_pad = fb.op("Where", subm, fb.op("Mul", fb.op("Div", ksize, fb.const(2)), dil), pad)
+
+    # Output sites without an If (ORT warns on renaming a branch's outer-scope inputs): the rows of
+    # `coords` go either to the submanifold part or to the strided candidates, the other part is empty.
+    n_in = fb.dim("coords", 0)
+    to_subm = fb.op("Expand", subm, n_in)
+    kept = fb.op("Compress", coords, to_subm, axis=0)
+    rest = fb.op("Compress", coords, fb.op("Not", to_subm), axis=0)
+    strided = _strided_sites(
+        fb, fb.slice(rest, [0], [1], [1]), fb.slice(rest, [1], [4], [1]), pad, off_d, stride, regular_shape,
+        key_shape,
+    )
+    out_coords = fb.op("Concat", kept, strided, axis=0)  # [M,4] int64
+    out_b = fb.slice(out_coords, [0], [1], [1])  # [M,1]
+    out_xyz = fb.slice(out_coords, [1], [4], [1])  # [M,3]
+
+    # Input site of (output o, offset k): o*s' - p' + k*d, looked up in a dense index table.
+    query = fb.op(
+        "Add",
+        fb.unsqueeze(fb.op("Sub", fb.op("Mul", out_xyz, eff_stride), eff_pad), [1]),
+        fb.unsqueeze(off_d, [0]),
+    )  # [M,Kt,3]
+    inside = _all_last(
+        fb, fb.op("And", fb.op("GreaterOrEqual", query, fb.const(0)), fb.op("Less", query, grid))
+    )
+    query_key = fb.op("Where", inside, _linear_key(fb, out_b, query, grid), fb.const(0))
+    b_flat = fb.op("Reshape", b, fb.const([-1]))
+    n_batch = fb.op(
+        "Add", fb.op("ReduceMax", fb.op("Concat", b_flat, fb.const([0]), axis=0), keepdims=1), one
+    )
+    table_size = fb.op("Mul", n_batch, fb.op("ReduceProd", grid, keepdims=1))
+    table = fb.op(
+        "ConstantOfShape", table_size, value=onnx.helper.make_tensor("v", TensorProto.INT32, [1], [-1])
+    )
+    rows = fb.op("Cast", fb.op("Range", fb.const(0), fb.squeeze(n_in, [0]), one), to=TensorProto.INT32)
+    table = fb.op("ScatterND", table, fb.unsqueeze(_linear_key(fb, b_flat, xyz, grid), [1]), rows)
+    nbr = fb.op("Cast", fb.op("Gather", table, query_key, axis=0), to=I64)  # [M,Kt]
+    hit = fb.op("And", inside, fb.op("GreaterOrEqual", nbr, fb.const(0)))
+    nbr = fb.op("Where", hit, nbr, n_in)  # misses read the zero row appended at index N
+
+    cin = fb.dim("features", 1)
+    padded = fb.op(
+        "Concat",
+        "features",
+        fb.zeros_like_type(fb.op("Concat", fb.const([1]), cin, axis=0), "features"),
+        axis=0,
+    )
+    gathered = fb.op("Gather", padded, nbr, axis=0)  # [M,Kt,Cin]
+    n_out = fb.dim(out_coords, 0)
+    flat_shape = fb.op("Concat", n_out, fb.op("Mul", fb.unsqueeze(n_offsets, [0]), cin), axis=0)
+    gathered = fb.op("Reshape", gathered, flat_shape)
+    weight = fb.op("Reshape", "weight", fb.op("Concat", fb.dim("weight", 0), fb.const([-1]), axis=0))
+    out = fb.op("Gemm", gathered, weight, "bias", transB=1)
+
+    # activation == "relu", tested with Unique so that the body needs no string Equal (opset 19).
+    names = fb.op("Concat", fb.unsqueeze(fb.attr("activation"), [0]), fb.const_string("relu"), axis=0)
+    is_relu = fb.op("Equal", fb.op("Size", fb.op("Unique", names)), one)
+    out = fb.op("Where", is_relu, fb.op("Relu", out), out)
+    return fb.build([out, fb.op("Cast", out_coords, to=TensorProto.INT32)], opset)

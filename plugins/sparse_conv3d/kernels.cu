@@ -1,0 +1,485 @@
+// SparseConv3d mapping and planning (see kernels.h): output sites, input tables, kernel map,
+// per-offset map sizes and adaptive grouping. Gather / GEMM / scatter live in kernels_gemm.cu.
+#include <algorithm>
+#include <cub/cub.cuh>
+
+#include "../cuda_common.cuh"
+#include "kernels.h"
+
+namespace {
+
+using Key = unsigned long long;
+constexpr Key kEmpty = ~0ULL;
+constexpr int32_t kAbsent = 0x7F7F7F7F;  // memset(0x7F) pattern; any real row index is smaller
+
+struct Dims {
+  int64_t in[3], out[3];
+  int32_t k[3], s[3], p[3], d[3];
+  int32_t volume, subm;
+  int64_t batches;  // 0: unknown
+};
+
+Dims dims_of(const SfConvGeometry& g) {
+  Dims d{};
+  for (int a = 0; a < 3; ++a) {
+    d.in[a] = g.spatial_shape[a];
+    d.out[a] = g.out_shape[a];
+    d.k[a] = g.kernel_size[a];
+    d.s[a] = g.stride[a];
+    d.p[a] = g.padding[a];
+    d.d[a] = g.dilation[a];
+  }
+  d.volume = g.kernel_size[0] * g.kernel_size[1] * g.kernel_size[2];
+  d.subm = g.subm;
+  d.batches = g.num_batches;
+  return d;
+}
+
+bool geometry_ok(const SfConvGeometry* g) {
+  if (g == nullptr || g->num_batches < 0) return false;
+  int64_t volume = 1;
+  for (int a = 0; a < 3; ++a) {
+    if (g->spatial_shape[a] <= 0 || g->kernel_size[a] <= 0 || g->stride[a] <= 0 || g->dilation[a] <= 0 ||
+        g->padding[a] < 0)
+      return false;
+    if (g->subm && g->kernel_size[a] % 2 == 0) return false;
+    volume *= g->kernel_size[a];
+  }
+  return volume <= SF_MAX_KERNEL_VOLUME;
+}
+
+__host__ __device__ inline int64_t cells(const int64_t* shape) { return shape[0] * shape[1] * shape[2]; }
+
+__device__ inline uint64_t mix(uint64_t x) {  // splitmix64 finalizer
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+struct Table {
+  int kind;  // 1 grid, 0 hash
+  int32_t* values;
+  Key* keys;      // hash only
+  uint64_t mask;  // hash only
+  int64_t size;   // grid cells
+
+  __device__ void insert(Key key, int32_t row) const {
+    if (kind == 1) {
+      atomicMin(values + key, row);
+      return;
+    }
+    uint64_t slot = mix(key) & mask;
+    while (true) {
+      const Key prev = atomicCAS(keys + slot, kEmpty, key);
+      if (prev == kEmpty || prev == key) {
+        atomicMin(values + slot, row);  // duplicate coordinates: the smallest row wins, deterministically
+        return;
+      }
+      slot = (slot + 1) & mask;
+    }
+  }
+
+  __device__ int32_t find(Key key) const {
+    if (kind == 1) {
+      if (static_cast<int64_t>(key) >= size) return -1;
+      const int32_t v = values[key];
+      return v == kAbsent ? -1 : v;
+    }
+    uint64_t slot = mix(key) & mask;
+    while (true) {
+      const Key k = keys[slot];
+      if (k == key) return values[slot];
+      if (k == kEmpty) return -1;
+      slot = (slot + 1) & mask;
+    }
+  }
+};
+
+uint64_t hash_capacity(int64_t num_in) {
+  uint64_t cap = 1024;
+  while (cap < static_cast<uint64_t>(num_in) * 2) cap <<= 1;
+  return cap;
+}
+
+__device__ inline bool in_key(const int32_t* c, const Dims& d, Key* key) {
+  const int64_t b = c[0], z = c[1], y = c[2], x = c[3];
+  if (b < 0 || (d.batches > 0 && b >= d.batches) || z < 0 || z >= d.in[0] || y < 0 || y >= d.in[1] || x < 0 ||
+      x >= d.in[2])
+    return false;
+  *key = static_cast<Key>(((b * d.in[0] + z) * d.in[1] + y) * d.in[2] + x);
+  return true;
+}
+
+__global__ void table_insert_kernel(const int32_t* __restrict__ coords, int64_t n, Dims d, Table t) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    Key key;
+    if (in_key(coords + i * 4, d, &key)) t.insert(key, static_cast<int32_t>(i));
+  }
+}
+
+// Output-stationary map search: for output m and offset k, the one input that can reach it.
+__global__ void kernel_map_kernel(const int32_t* __restrict__ out_coords, int64_t rows,
+                                  const int32_t* __restrict__ rows_dev, Dims d, Table t, int32_t* __restrict__ nbr) {
+  const int64_t m_rows = rows_dev != nullptr ? static_cast<int64_t>(*rows_dev) : rows;
+  const int64_t total = m_rows * d.volume;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = e / d.volume;
+    int k = static_cast<int>(e - m * d.volume);
+    int off[3];
+    off[2] = k % d.k[2];
+    off[1] = (k / d.k[2]) % d.k[1];
+    off[0] = k / (d.k[2] * d.k[1]);
+    const int32_t* o = out_coords + m * 4;
+    int32_t c[4] = {o[0], 0, 0, 0};
+    bool ok = true;
+#pragma unroll
+    for (int a = 0; a < 3; ++a) {
+      int64_t v;
+      if (d.subm)
+        v = static_cast<int64_t>(o[a + 1]) + static_cast<int64_t>(off[a] - d.k[a] / 2) * d.d[a];
+      else
+        v = static_cast<int64_t>(o[a + 1]) * d.s[a] - d.p[a] + static_cast<int64_t>(off[a]) * d.d[a];
+      ok = ok && v >= 0 && v < d.in[a];
+      c[a + 1] = ok ? static_cast<int32_t>(v) : 0;
+    }
+    Key key;
+    nbr[e] = (ok && in_key(c, d, &key)) ? t.find(key) : -1;
+  }
+}
+
+// Fused candidate generation (TorchSparse stages 1-4 in registers): the output key reached by
+// input i through offset k, or the sentinel.
+__global__ void candidate_kernel(const int32_t* __restrict__ coords, int64_t n, Dims d, Key sentinel,
+                                 Key* __restrict__ keys) {
+  const int64_t total = n * d.volume;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / d.volume;
+    const int k = static_cast<int>(e - i * d.volume);
+    const int off[3] = {k / (d.k[2] * d.k[1]), (k / d.k[2]) % d.k[1], k % d.k[2]};
+    const int32_t* c = coords + i * 4;
+    bool ok = c[0] >= 0 && (d.batches == 0 || c[0] < d.batches);
+    int64_t key = c[0];
+#pragma unroll
+    for (int a = 0; a < 3; ++a) {
+      const int64_t num = static_cast<int64_t>(c[a + 1]) + d.p[a] - static_cast<int64_t>(off[a]) * d.d[a];
+      const int64_t q = num >= 0 ? num / d.s[a] : -1;
+      ok = ok && num >= 0 && q * d.s[a] == num && q < d.out[a];
+      key = key * d.out[a] + (ok ? q : 0);
+    }
+    keys[e] = ok ? static_cast<Key>(key) : sentinel;
+  }
+}
+
+__global__ void sites_finish_kernel(const Key* __restrict__ uniq, const int32_t* __restrict__ num_unique,
+                                    Key sentinel, Dims d, int64_t capacity, int32_t* __restrict__ out_coords,
+                                    int32_t* __restrict__ num_out) {
+  int64_t count = *num_unique;
+  if (count > 0 && uniq[count - 1] == sentinel) --count;
+  if (count > capacity) count = capacity;
+  if (blockIdx.x == 0 && threadIdx.x == 0) *num_out = static_cast<int32_t>(count);
+  for (int64_t m = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; m < count;
+       m += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t key = static_cast<int64_t>(uniq[m]);
+    const int64_t x = key % d.out[2];
+    key /= d.out[2];
+    const int64_t y = key % d.out[1];
+    key /= d.out[1];
+    const int64_t z = key % d.out[0];
+    out_coords[m * 4] = static_cast<int32_t>(key / d.out[0]);
+    out_coords[m * 4 + 1] = static_cast<int32_t>(z);
+    out_coords[m * 4 + 2] = static_cast<int32_t>(y);
+    out_coords[m * 4 + 3] = static_cast<int32_t>(x);
+  }
+}
+
+int bits_for(Key max_value) {
+  int bits = 1;
+  while (bits < 64 && (max_value >> bits) != 0) ++bits;
+  return bits;
+}
+
+Key site_sentinel(const Dims& d) {
+  return d.batches > 0 ? static_cast<Key>(d.batches * cells(d.out)) : (1ULL << 62);
+}
+
+struct SitesLayout {
+  Key* keys_in;
+  Key* keys_out;
+  Key* uniq;
+  int32_t* num_unique;
+  void* temp;
+  size_t temp_bytes;
+  size_t total;
+};
+
+SitesLayout carve_sites(void* base, int64_t items, int bits) {
+  size_t sort_bytes = 0, unique_bytes = 0;
+  const int n = static_cast<int>(items);
+  cub::DeviceRadixSort::SortKeys(nullptr, sort_bytes, static_cast<const Key*>(nullptr), static_cast<Key*>(nullptr),
+                                 n, 0, bits);
+  cub::DeviceSelect::Unique(nullptr, unique_bytes, static_cast<const Key*>(nullptr), static_cast<Key*>(nullptr),
+                            static_cast<int32_t*>(nullptr), n);
+  sf::Carver c(base);
+  SitesLayout l{};
+  l.keys_in = c.take<Key>(items);
+  l.keys_out = c.take<Key>(items);
+  l.uniq = c.take<Key>(items);
+  l.num_unique = c.take<int32_t>(1);
+  l.temp_bytes = std::max(sort_bytes, unique_bytes);
+  l.temp = c.take<char>(l.temp_bytes);
+  l.total = c.used();
+  return l;
+}
+
+struct MapLayout {
+  Table table;
+  size_t total;
+};
+
+MapLayout carve_map(void* base, const Dims& d, int64_t num_in, int kind) {
+  sf::Carver c(base);
+  MapLayout l{};
+  l.table.kind = kind;
+  if (kind == 1) {
+    l.table.size = d.batches * cells(d.in);
+    l.table.values = c.take<int32_t>(static_cast<size_t>(l.table.size));
+  } else {
+    const uint64_t cap = hash_capacity(num_in);
+    l.table.mask = cap - 1;
+    l.table.keys = c.take<Key>(cap);
+    l.table.values = c.take<int32_t>(cap);
+  }
+  l.total = c.used();
+  return l;
+}
+
+__global__ void plan_flags_kernel(const int32_t* __restrict__ nbr, int64_t m_rows, int32_t volume, int32_t center,
+                                  int32_t* __restrict__ flags) {
+  const int64_t total = m_rows * volume;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e <= total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (e == total) {
+      flags[e] = 0;
+      continue;
+    }
+    const int64_t k = e / m_rows;  // k-major so that one scan yields every offset's compact rows
+    const int64_t m = e - k * m_rows;
+    flags[e] = (k != center && nbr[m * volume + k] >= 0) ? 1 : 0;
+  }
+}
+
+__global__ void plan_sidx_kernel(const int32_t* __restrict__ nbr, const int32_t* __restrict__ pos, int64_t m_rows,
+                                 int32_t volume, int32_t center, int64_t center_base, int32_t* __restrict__ sidx) {
+  const int64_t total = m_rows * volume;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = e / volume;
+    const int64_t k = e - m * volume;
+    int32_t row = -1;
+    if (nbr[e] >= 0) row = k == center ? static_cast<int32_t>(center_base + m) : pos[k * m_rows + m];
+    sidx[e] = row;
+  }
+}
+
+}  // namespace
+
+SF_API int sf_spconv_out_shape(SfConvGeometry* g) {
+  if (!geometry_ok(g)) return SF_ERR_INVALID_ARGUMENT;
+  for (int a = 0; a < 3; ++a) {
+    if (g->subm) {
+      g->out_shape[a] = g->spatial_shape[a];
+      continue;
+    }
+    const int64_t span = static_cast<int64_t>(g->spatial_shape[a]) + 2LL * g->padding[a] -
+                         static_cast<int64_t>(g->dilation[a]) * (g->kernel_size[a] - 1) - 1;
+    if (span < 0) return SF_ERR_INVALID_ARGUMENT;
+    g->out_shape[a] = static_cast<int32_t>(span / g->stride[a] + 1);
+  }
+  return SF_OK;
+}
+
+SF_API int sf_spconv_group_offsets(const int64_t* counts, int32_t kernel_volume, int32_t center, double epsilon,
+                                   int64_t threshold, int32_t num_out, SfConvPlan* plan) {
+  if (counts == nullptr || plan == nullptr || kernel_volume <= 0 || kernel_volume > SF_MAX_KERNEL_VOLUME ||
+      center >= kernel_volume || num_out < 0)
+    return SF_ERR_INVALID_ARGUMENT;
+  plan->kernel_volume = kernel_volume;
+  plan->center = center;
+  plan->num_out = num_out;
+  plan->num_groups = 0;
+  int64_t rows = 0;
+  for (int k = 0; k < kernel_volume; ++k) {
+    if (counts[k] < 0) return SF_ERR_INVALID_ARGUMENT;
+    plan->count[k] = k == center ? num_out : counts[k];
+    plan->base[k] = rows;
+    if (k != center) rows += counts[k];
+  }
+  plan->total_gathered = rows;
+  if (center >= 0) plan->base[center] = rows;  // the centre's partial rows follow the gathered ones
+
+  int64_t sum = 0, biggest = 0;
+  int size = 0;
+  auto close = [&](int last) {
+    if (size == 0) return;
+    const int g = plan->num_groups++;
+    plan->group_first[g] = last - size + 1;
+    plan->group_size[g] = size;
+    plan->group_batched[g] = (size > 1 && biggest < threshold) ? 1 : 0;
+    sum = biggest = 0;
+    size = 0;
+  };
+  for (int k = 0; k < kernel_volume; ++k) {
+    if (k == center) {
+      close(k - 1);
+      size = 1;
+      biggest = sum = num_out;
+      close(k);
+      continue;
+    }
+    if (size > 0) {
+      const int64_t new_sum = sum + counts[k];
+      const int64_t new_max = std::max(biggest, counts[k]);
+      const double idle = new_max > 0 ? 1.0 - static_cast<double>(new_sum) / (static_cast<double>(size + 1) * new_max)
+                                      : 0.0;
+      if (idle > epsilon) close(k - 1);
+    }
+    sum += counts[k];
+    biggest = std::max(biggest, counts[k]);
+    ++size;
+  }
+  close(kernel_volume - 1);
+  return SF_OK;
+}
+
+SF_API int sf_spconv_sites_workspace_size(const SfConvGeometry* g, int64_t num_in, size_t* bytes) {
+  if (!geometry_ok(g) || bytes == nullptr || num_in < 0) return SF_ERR_INVALID_ARGUMENT;
+  const Dims d = dims_of(*g);
+  const int64_t items = std::max<int64_t>(1, num_in * d.volume);
+  if (items > 2147483647LL) return SF_ERR_UNSUPPORTED;
+  *bytes = carve_sites(nullptr, items, bits_for(site_sentinel(d))).total;
+  return SF_OK;
+}
+
+SF_API int sf_spconv_out_sites(const SfConvGeometry* g, const int32_t* coords, int64_t num_in,
+                               int32_t* out_coords, int64_t capacity, int32_t* num_out, void* workspace,
+                               size_t workspace_bytes, cudaStream_t stream) {
+  if (!geometry_ok(g) || g->subm || num_in < 0 || num_out == nullptr || capacity < 0) return SF_ERR_INVALID_ARGUMENT;
+  const Dims d = dims_of(*g);
+  const int64_t items = num_in * d.volume;
+  if (items > 2147483647LL) return SF_ERR_UNSUPPORTED;
+  if (items == 0) return sf::status_of(cudaMemsetAsync(num_out, 0, sizeof(int32_t), stream));
+  if (coords == nullptr || out_coords == nullptr || workspace == nullptr) return SF_ERR_INVALID_ARGUMENT;
+  const Key sentinel = site_sentinel(d);
+  const int bits = bits_for(sentinel);
+  SitesLayout l = carve_sites(workspace, items, bits);
+  if (workspace_bytes < l.total) return SF_ERR_WORKSPACE_TOO_SMALL;
+  const int threads = 256;
+  candidate_kernel<<<sf::blocks_for(items, threads), threads, 0, stream>>>(coords, num_in, d, sentinel, l.keys_in);
+  SF_CHECK_STATUS(sf::launch_status());
+  size_t temp = l.temp_bytes;
+  SF_CHECK_CUDA(cub::DeviceRadixSort::SortKeys(l.temp, temp, l.keys_in, l.keys_out, static_cast<int>(items), 0, bits,
+                                               stream));
+  temp = l.temp_bytes;
+  SF_CHECK_CUDA(cub::DeviceSelect::Unique(l.temp, temp, l.keys_out, l.uniq, l.num_unique, static_cast<int>(items),
+                                          stream));
+  const int64_t rows = std::min(items, capacity);
+  sites_finish_kernel<<<sf::blocks_for(std::max<int64_t>(rows, 1), threads), threads, 0, stream>>>(
+      l.uniq, l.num_unique, sentinel, d, capacity, out_coords, num_out);
+  return sf::launch_status();
+}
+
+SF_API int sf_spconv_table_kind(const SfConvGeometry* g, int64_t max_grid_cells) {
+  if (!geometry_ok(g)) return SF_ERR_INVALID_ARGUMENT;
+  const int64_t grid_cells = static_cast<int64_t>(g->num_batches) * g->spatial_shape[0] * g->spatial_shape[1] *
+                             g->spatial_shape[2];
+  return (g->num_batches > 0 && grid_cells <= max_grid_cells) ? 1 : 0;
+}
+
+SF_API int sf_spconv_map_workspace_size(const SfConvGeometry* g, int64_t num_in, int64_t max_grid_cells,
+                                        size_t* bytes) {
+  if (!geometry_ok(g) || bytes == nullptr || num_in < 0) return SF_ERR_INVALID_ARGUMENT;
+  *bytes = carve_map(nullptr, dims_of(*g), num_in, sf_spconv_table_kind(g, max_grid_cells)).total;
+  return SF_OK;
+}
+
+SF_API int sf_spconv_kernel_map(const SfConvGeometry* g, const int32_t* coords, int64_t num_in,
+                                const int32_t* out_coords, int64_t num_out_rows, const int32_t* num_out_dev,
+                                int32_t* nbr, int64_t max_grid_cells, void* workspace, size_t workspace_bytes,
+                                cudaStream_t stream) {
+  if (!geometry_ok(g) || num_in < 0 || num_in > 2147483647LL || num_out_rows < 0) return SF_ERR_INVALID_ARGUMENT;
+  const Dims d = dims_of(*g);
+  if (num_out_rows == 0) return SF_OK;
+  if (out_coords == nullptr || nbr == nullptr || workspace == nullptr || (num_in > 0 && coords == nullptr))
+    return SF_ERR_INVALID_ARGUMENT;
+  MapLayout l = carve_map(workspace, d, num_in, sf_spconv_table_kind(g, max_grid_cells));
+  if (workspace_bytes < l.total) return SF_ERR_WORKSPACE_TOO_SMALL;
+  if (l.table.kind == 0)
+    SF_CHECK_CUDA(cudaMemsetAsync(l.table.keys, 0xFF, (l.table.mask + 1) * sizeof(Key), stream));
+  const size_t value_count = l.table.kind == 1 ? static_cast<size_t>(l.table.size) : l.table.mask + 1;
+  SF_CHECK_CUDA(cudaMemsetAsync(l.table.values, 0x7F, value_count * sizeof(int32_t), stream));
+  const int threads = 256;
+  if (num_in > 0) {
+    table_insert_kernel<<<sf::blocks_for(num_in, threads), threads, 0, stream>>>(coords, num_in, d, l.table);
+    SF_CHECK_STATUS(sf::launch_status());
+  }
+  kernel_map_kernel<<<sf::blocks_for(num_out_rows * d.volume, threads), threads, 0, stream>>>(
+      out_coords, num_out_rows, num_out_dev, d, l.table, nbr);
+  return sf::launch_status();
+}
+
+SF_API int sf_spconv_plan_workspace_size(int64_t num_out, int32_t kernel_volume, size_t* bytes) {
+  if (bytes == nullptr || num_out < 0 || kernel_volume <= 0 || kernel_volume > SF_MAX_KERNEL_VOLUME)
+    return SF_ERR_INVALID_ARGUMENT;
+  const int64_t items = num_out * kernel_volume + 1;
+  if (items > 2147483647LL) return SF_ERR_UNSUPPORTED;
+  size_t scan_bytes = 0;
+  cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<const int32_t*>(nullptr),
+                                static_cast<int32_t*>(nullptr), static_cast<int>(items));
+  sf::Carver c(nullptr);
+  c.take<int32_t>(items);
+  c.take<int32_t>(items);
+  c.take<char>(scan_bytes);
+  *bytes = c.used();
+  return SF_OK;
+}
+
+SF_API int sf_spconv_plan(const int32_t* nbr, int64_t num_out, int32_t kernel_volume, int32_t center,
+                          double epsilon, int64_t threshold, int32_t* sidx, SfConvPlan* plan, void* workspace,
+                          size_t workspace_bytes, cudaStream_t stream) {
+  size_t need = 0;
+  SF_CHECK_STATUS(sf_spconv_plan_workspace_size(num_out, kernel_volume, &need));
+  if (plan == nullptr || center >= kernel_volume || num_out > 2147483647LL) return SF_ERR_INVALID_ARGUMENT;
+  int64_t counts[SF_MAX_KERNEL_VOLUME] = {0};
+  if (num_out == 0)
+    return sf_spconv_group_offsets(counts, kernel_volume, center, epsilon, threshold, 0, plan);
+  if (nbr == nullptr || sidx == nullptr || workspace == nullptr) return SF_ERR_INVALID_ARGUMENT;
+  if (workspace_bytes < need) return SF_ERR_WORKSPACE_TOO_SMALL;
+  const int64_t items = num_out * kernel_volume + 1;
+  sf::Carver c(workspace);
+  int32_t* flags = c.take<int32_t>(items);
+  int32_t* pos = c.take<int32_t>(items);
+  size_t scan_bytes = need - c.used();
+  void* temp = c.take<char>(scan_bytes);
+  const int threads = 256;
+  plan_flags_kernel<<<sf::blocks_for(items, threads), threads, 0, stream>>>(nbr, num_out, kernel_volume, center, flags);
+  SF_CHECK_STATUS(sf::launch_status());
+  SF_CHECK_CUDA(cub::DeviceScan::ExclusiveSum(temp, scan_bytes, flags, pos, static_cast<int>(items), stream));
+  // pos[k*M] is the first compact row of offset k; pos[K*M] the total. One strided copy, one sync.
+  int32_t starts[SF_MAX_KERNEL_VOLUME + 1];
+  SF_CHECK_CUDA(cudaMemcpy2DAsync(starts, sizeof(int32_t), pos, static_cast<size_t>(num_out) * sizeof(int32_t),
+                                  sizeof(int32_t), static_cast<size_t>(kernel_volume) + 1, cudaMemcpyDeviceToHost,
+                                  stream));
+  SF_CHECK_CUDA(cudaStreamSynchronize(stream));
+  for (int k = 0; k < kernel_volume; ++k) counts[k] = starts[k + 1] - starts[k];
+  SF_CHECK_STATUS(sf_spconv_group_offsets(counts, kernel_volume, center, epsilon, threshold,
+                                          static_cast<int32_t>(num_out), plan));
+  plan_sidx_kernel<<<sf::blocks_for(num_out * kernel_volume, threads), threads, 0, stream>>>(
+      nbr, pos, num_out, kernel_volume, center, plan->total_gathered, sidx);
+  return sf::launch_status();
+}

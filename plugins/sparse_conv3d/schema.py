@@ -1,0 +1,34 @@
+"""ONNX schema of ``sparsefuse::SparseConv3d`` (opset 1). Semantics: reference.py (spconv 2.x)."""
+
+from __future__ import annotations
+
+from onnx.defs import OpSchema
+from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, register
+
+OP_TYPE = "SparseConv3d"
+
+SPEC = OpSpec(
+    op_type=OP_TYPE,
+    doc=(
+        "features[N,Cin], coords[N,4] int32 (b, z, y, x), weight[Cout,kz,ky,kx,Cin], bias[Cout]? -> "
+        "features[M,Cout], coords[M,4] int32. subm=1: submanifold (M=N, same coords, stride/padding "
+        "ignored); subm=0: regular conv, output sites ordered by linear key over the output grid."
+    ),
+    inputs=[("features", "T"), ("coords", INT32), ("weight", "T"), ("bias", "T")],
+    outputs=[("out_features", "T"), ("out_coords", INT32)],
+    attributes=[
+        AttrSpec("spatial_shape", "INTS", "input grid (Z, Y, X)"),
+        AttrSpec("kernel_size", "INTS", "(kz, ky, kx)"),
+        AttrSpec("stride", "INTS", "(sz, sy, sx); ignored when subm=1", [1, 1, 1]),
+        AttrSpec("padding", "INTS", "(pz, py, px); ignored when subm=1", [0, 0, 0]),
+        AttrSpec("dilation", "INTS", "(dz, dy, dx)", [1, 1, 1]),
+        AttrSpec("subm", "INT", "1: submanifold conv, 0: regular conv", 0),
+        AttrSpec("activation", "STRING", '"none" or "relu", applied after the bias', "none"),
+    ],
+    optional_inputs=frozenset({"bias"}),
+)
+
+
+def register_schema() -> OpSchema:
+    """Register the schema with onnx.defs (idempotent)."""
+    return register(SPEC)

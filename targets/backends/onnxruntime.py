@@ -1,0 +1,359 @@
+"""ONNX Runtime backend: CPU EP here; CUDA / TensorRT EPs where onnxruntime-gpu offers them.
+
+Our custom ops run through their ONNX FunctionProto bodies, which ORT inlines at load time, so
+the lowered graph for this backend must carry the functions (passes/lower.py attaches them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sparsefuse.targets.modules import module_of, node_scopes
+from sparsefuse.targets.profiler import NodeTime, Profile, peak_rss_mb, reset_peak_rss, time_runs
+from sparsefuse.targets.registry import Target
+
+from sparsefuse.errors import SparsefuseError
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+OPTIMIZED_NAME = "model.ort.onnx"
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """intra_op_threads: 0 = ORT's default. graph_optimization: one of OPT_LEVELS.
+    providers: explicit EP list, or () to choose from the target and what ORT offers.
+    save_optimized: write the optimized model into out_dir (an inspectable artifact)."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    graph_optimization: str = "all"
+    providers: tuple[str, ...] = ()
+    save_optimized: bool = True
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in OPT_LEVELS:
+            raise SparsefuseError(
+                f"graph_optimization '{self.graph_optimization}' is not an ONNX Runtime level",
+                f"choose one of {', '.join(OPT_LEVELS)}",
+            )
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise SparsefuseError("thread counts must be >= 0", "0 lets ONNX Runtime choose")
+
+
+@dataclass(frozen=True)
+class Built:
+    """A built ORT model. ``session`` is ready to run; ``new_session`` makes fresh ones
+    (e.g. with profiling on) from the same model file and options."""
+
+    model_path: Path
+    optimized_path: Path | None
+    providers: tuple[str, ...]
+    options: OrtOptions
+    target_tag: str
+    session: Any
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    backend: str = "onnxruntime"
+
+    def new_session(self, profile_prefix: str | None = None) -> Any:
+        return _make_session(self.model_path, self.options, self.providers, None, profile_prefix)
+
+
+def choose_providers(target: Target, available: Sequence[str]) -> tuple[str, ...]:
+    """EPs for a target, best first, always ending with the CPU EP.
+
+    A TensorRT target prefers TensorRT EP then CUDA EP (when onnxruntime-gpu offers them);
+    the cpu target uses the CPU EP only, so its numbers stay CPU numbers.
+    """
+    wanted: list[str] = []
+    if target.backend == "tensorrt":
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    chosen = [p for p in wanted if p in available]
+    return (*chosen, "CPUExecutionProvider")
+
+
+def _session_options(options: OrtOptions, optimized_path: Path | None, profile_prefix: str | None) -> Any:
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[options.graph_optimization]
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.log_severity_level = 3
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+def _make_session(
+    model_path: Path,
+    options: OrtOptions,
+    providers: Sequence[str],
+    optimized_path: Path | None,
+    profile_prefix: str | None,
+) -> Any:
+    import onnxruntime as ort
+
+    so = _session_options(options, optimized_path, profile_prefix)
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=so, providers=list(providers))
+    except Exception as exc:  # ORT raises its own exception types for bad models
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = "lower the model for the onnxruntime backend (custom ops need their FunctionProto bodies)"
+        raise SparsefuseError(f"ONNX Runtime cannot load {model_path}: {text}", hint) from None
+
+
+def build(
+    onnx_path: str | os.PathLike[str],
+    target: Target,
+    options: OrtOptions | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> Built:
+    """Create an InferenceSession; save the optimized model as ``out_dir/model.ort.onnx``.
+
+    The optimized file is written to a temporary name and renamed, so it is never half-written.
+    """
+    import onnxruntime as ort
+
+    options = options or OrtOptions()
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise SparsefuseError(f"ONNX model not found: {onnx_path}", "run `sparsefuse compile` first")
+    providers = options.providers or choose_providers(target, ort.get_available_providers())
+    optimized: Path | None = None
+    tmp: Path | None = None
+    if out_dir is not None and options.save_optimized:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        optimized = out / OPTIMIZED_NAME
+        tmp = out / f".{OPTIMIZED_NAME}.tmp"
+    session = _make_session(onnx_path, options, providers, tmp, None)
+    if tmp is not None and optimized is not None:
+        if tmp.exists():
+            os.replace(tmp, optimized)
+        else:
+            optimized = None
+    return Built(
+        model_path=onnx_path,
+        optimized_path=optimized,
+        providers=tuple(session.get_providers()),
+        options=options,
+        target_tag=target.tag,
+        session=session,
+        input_names=tuple(i.name for i in session.get_inputs()),
+        output_names=tuple(o.name for o in session.get_outputs()),
+    )
+
+
+def run(built: Built, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run one inference; returns outputs by name."""
+    return _run_session(built.session, built, feeds)
+
+
+def _run_session(session: Any, built: Built, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    missing = [n for n in built.input_names if n not in feeds]
+    if missing:
+        raise SparsefuseError(
+            f"missing model inputs: {', '.join(missing)}",
+            f"the model expects {', '.join(built.input_names)}",
+        )
+    feed = {n: np.ascontiguousarray(feeds[n]) for n in built.input_names}
+    values = session.run(list(built.output_names), feed)
+    return dict(zip(built.output_names, values, strict=True))
+
+
+def versions() -> tuple[tuple[str, str], ...]:
+    import onnxruntime as ort
+
+    return (("onnxruntime", ort.__version__), ("numpy", np.__version__))
+
+
+def device_name(providers: Sequence[str]) -> str:
+    """Human-readable device of the first EP, e.g. "CPU (Intel Xeon ...) x2"."""
+    if providers and providers[0] != "CPUExecutionProvider":
+        return providers[0]
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU ({model or 'unknown'}) x{os.cpu_count()}"
+
+
+def profile(
+    built: Built,
+    feeds_list: Sequence[Mapping[str, np.ndarray]],
+    runs: int = 20,
+    warmup: int = 3,
+    duration_s: float | None = None,
+    node_runs: int = 3,
+    lidar_points_input: str = "points",
+) -> Profile:
+    """Measure end-to-end latency, then (in a separate, profiled session, as trtexec's
+    --separateProfileRun does) the per-node times from ORT's profiling JSON.
+
+    The per-node pass uses ``node_runs`` runs after one warm-up; 0 skips it.
+    """
+    feeds_list = list(feeds_list)
+    reset_peak_rss()
+    samples, frames = time_runs(
+        lambda i: run(built, feeds_list[i]), len(feeds_list), warmup, runs, duration_s
+    )
+    peak = peak_rss_mb()
+    per_node: tuple[NodeTime, ...] = ()
+    if node_runs > 0:
+        per_node = tuple(node_times(built, feeds_list, node_runs))
+    points = tuple(
+        int(feeds_list[f][lidar_points_input].shape[0]) if lidar_points_input in feeds_list[f] else 0
+        for f in frames
+    )
+    return Profile(
+        label="measured",
+        target=built.target_tag,
+        backend="onnxruntime",
+        device=device_name(built.providers),
+        versions=versions() + (("providers", ",".join(built.providers)),),
+        samples_ms=tuple(samples),
+        per_node=per_node,
+        lidar_points=points,
+        peak_memory_mb=peak,
+        notes=("peak_memory_mb is the process peak RSS (VmHWM) during the timed runs",),
+    )
+
+
+def node_times(
+    built: Built, feeds_list: Sequence[Mapping[str, np.ndarray]], node_runs: int
+) -> list[NodeTime]:
+    """Per-node mean time per inference [ms] from ORT's profiler (SessionOptions.enable_profiling).
+
+    Runs on a copy of the model whose function bodies are named after their call sites, at
+    optimization level "extended" at most: level "all" renames nodes in its NCHWc layout pass,
+    which would lose the torch module path that the module breakdown needs.
+    """
+    import onnx
+
+    level = "extended" if built.options.graph_optimization == "all" else built.options.graph_optimization
+    options = replace(built.options, graph_optimization=level, save_optimized=False)
+    model = onnx.load(str(built.model_path))
+    with tempfile.TemporaryDirectory(prefix="sf_ortprof_") as tmp:
+        model_path = Path(tmp) / "named.onnx"
+        onnx.save(name_function_bodies(model), str(model_path))
+        session = _make_session(model_path, options, built.providers, None, str(Path(tmp) / "ort"))
+        for i in range(node_runs + 1):  # run 0 is a warm-up, dropped by parse_ort_profile
+            _run_session(session, built, feeds_list[i % len(feeds_list)])
+        return attach_scopes(parse_ort_profile(session.end_profiling(), node_runs, skip_runs=1), model)
+
+
+_INLINED = re.compile(r"^_inlfunc_.+?__site(\d+)_")
+
+
+def attach_scopes(nodes: Sequence[NodeTime], model: Any) -> list[NodeTime]:
+    """Give each profiled node its torch module path and module.
+
+    Inlined function-body nodes ("_inlfunc_<fn>__site<i>_...") belong to call node i: they take
+    its scope and its custom op type decides the module. Fused nodes named "<node>/<Fusion>" are
+    looked up by their leading part.
+    """
+    scopes = node_scopes(model)
+    graph_nodes = model.graph.node
+    out = []
+    for node in nodes:
+        match = _INLINED.match(node.name)
+        if match and int(match.group(1)) < len(graph_nodes):
+            call = graph_nodes[int(match.group(1))]
+            scope = scopes.get(call.name, call.name)
+            out.append(replace(node, scope=scope, module=module_of(scope, call.op_type)))
+            continue
+        scope, name = "", node.name
+        while name and not scope:
+            scope = scopes.get(name, "")
+            name = name.rpartition("/")[0]
+        out.append(replace(node, scope=scope, module=module_of(scope or node.name, node.op_type)))
+    return out
+
+
+def name_function_bodies(model: Any) -> Any:
+    """Give each call of a model-local function its own copy, with body nodes named
+    "<call node name>/<op>_<i>", so ORT's inlined node names ("_inlfunc_<fn>_<body node>")
+    keep the call site's module path. Returns a new ModelProto; semantics are unchanged."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    functions = {(f.domain, f.name): f for f in model.functions}
+    if not functions:
+        return model
+    copies = []
+    for index, node in enumerate(model.graph.node):
+        fn = functions.get((node.domain, node.op_type))
+        if fn is None:
+            continue
+        site = onnx.FunctionProto.FromString(fn.SerializeToString())
+        site.name = f"{fn.name}__site{index}"
+        call_name = node.name or f"{fn.name}_{index}"
+        for j, body in enumerate(site.node):
+            body.name = f"{call_name}/{body.op_type}_{j}"
+        node.op_type = site.name
+        copies.append(site)
+    used = {(n.domain, n.op_type) for n in model.graph.node}
+    kept = [f for f in model.functions if (f.domain, f.name) in used or _called_by(f, copies)]
+    del model.functions[:]
+    model.functions.extend(kept + copies)
+    return model
+
+
+def _called_by(fn: Any, callers: Sequence[Any]) -> bool:
+    return any(n.domain == fn.domain and n.op_type == fn.name for c in callers for n in c.node)
+
+
+def _load_events(path: str | os.PathLike[str]) -> list[dict]:
+    with open(path) as handle:
+        data = json.load(handle)
+    return data if isinstance(data, list) else data.get("traceEvents", [])
+
+
+def parse_ort_profile(path: str | os.PathLike[str], runs: int, skip_runs: int = 1) -> list[NodeTime]:
+    """Mean kernel time per node per run [ms] from an ORT profiling JSON.
+
+    ORT logs one "<node>_kernel_time" event per node execution (cat "Node", dur in µs) and one
+    "model_run" event per run. The first ``skip_runs`` runs are warm-up and are dropped.
+    """
+    events = _load_events(path)
+    run_ends = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
+    cutoff = run_ends[skip_runs - 1] if 0 < skip_runs <= len(run_ends) - 1 else -1
+    counted = len(run_ends) - (skip_runs if cutoff >= 0 else 0)
+    totals: dict[str, float] = {}
+    op_types: dict[str, str] = {}
+    order: list[str] = []
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time") or event.get("ts", 0) <= cutoff:
+            continue
+        node = name[: -len("_kernel_time")]
+        if node not in totals:
+            totals[node] = 0.0
+            order.append(node)
+            op_types[node] = str(event.get("args", {}).get("op_name", ""))
+        totals[node] += float(event["dur"]) / 1000.0
+    denom = max(1, counted if run_ends else runs)
+    return [NodeTime(name=n, op_type=op_types[n], time_ms=totals[n] / denom) for n in order]
