@@ -39,6 +39,7 @@ class BundleError(SparsefuseError):
 
 # --- deterministic content -------------------------------------------------------------------
 
+
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     """np.savez-compatible bytes with fixed zip timestamps (np.savez stamps the current time)."""
     buf = io.BytesIO()
@@ -66,6 +67,7 @@ def created_utc() -> str:
 
 # --- manifest ----------------------------------------------------------------------------------
 
+
 def list_files(root: Path) -> list[str]:
     """Relative POSIX paths of the regular files under root, sorted; symlinks are refused."""
     files = []
@@ -81,13 +83,21 @@ def list_files(root: Path) -> list[str]:
 
 
 def file_table(root: Path) -> dict[str, dict[str, Any]]:
-    return {rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
-            for rel in list_files(root) if rel not in CONTROL_FILES}
+    return {
+        rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+        for rel in list_files(root)
+        if rel not in CONTROL_FILES
+    }
 
 
 def build_manifest(root: Path, fields: Mapping[str, Any]) -> dict[str, Any]:
     """manifest.json content: schema version, ``fields`` (target, versions, ...) and the file table."""
-    return {"schema_version": SCHEMA_VERSION, **fields, "created_utc": created_utc(), "files": file_table(root)}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        **fields,
+        "created_utc": created_utc(),
+        "files": file_table(root),
+    }
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
@@ -97,12 +107,16 @@ def read_manifest(root: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{MANIFEST} is not valid JSON: {exc}", "the bundle is damaged; fetch it again") from None
+        raise BundleError(
+            f"{MANIFEST} is not valid JSON: {exc}", "the bundle is damaged; fetch it again"
+        ) from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise BundleError(f"{MANIFEST} has no file table", "the bundle is damaged; fetch it again")
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{MANIFEST} schema_version {manifest.get('schema_version')!r} is not supported",
-                          f"this sparsefuse reads schema_version {SCHEMA_VERSION}; upgrade it")
+        raise BundleError(
+            f"{MANIFEST} schema_version {manifest.get('schema_version')!r} is not supported",
+            f"this sparsefuse reads schema_version {SCHEMA_VERSION}; upgrade it",
+        )
     return manifest
 
 
@@ -129,12 +143,15 @@ def check_integrity(root: Path) -> dict[str, Any]:
     problems = integrity_problems(root, manifest)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise BundleError(f"bundle integrity check failed: {shown}",
-                          "the bundle was changed after it was made; fetch or rebuild it")
+        raise BundleError(
+            f"bundle integrity check failed: {shown}",
+            "the bundle was changed after it was made; fetch or rebuild it",
+        )
     return manifest
 
 
 # --- signature -------------------------------------------------------------------------------
+
 
 def _load_key(path: Path, private: bool) -> Any:
     from cryptography.hazmat.primitives import serialization
@@ -143,15 +160,22 @@ def _load_key(path: Path, private: bool) -> Any:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SparsefuseError(f"cannot read key {path}: {exc.strerror or exc}", "check the key path") from None
+        raise SparsefuseError(
+            f"cannot read key {path}: {exc.strerror or exc}", "check the key path"
+        ) from None
     try:
-        key = (serialization.load_pem_private_key(data, password=None) if private
-               else serialization.load_pem_public_key(data))
+        key = (
+            serialization.load_pem_private_key(data, password=None)
+            if private
+            else serialization.load_pem_public_key(data)
+        )
     except (ValueError, TypeError) as exc:
         kind = "private" if private else "public"
-        raise SparsefuseError(f"{path} is not a PEM {kind} key: {exc}",
-                              "create one with `openssl genpkey -algorithm ed25519 -out key.pem` "
-                              "(public: `openssl pkey -in key.pem -pubout -out key.pub`)") from None
+        raise SparsefuseError(
+            f"{path} is not a PEM {kind} key: {exc}",
+            "create one with `openssl genpkey -algorithm ed25519 -out key.pem` "
+            "(public: `openssl pkey -in key.pem -pubout -out key.pub`)",
+        ) from None
     wanted = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
     if not isinstance(key, wanted):
         raise SparsefuseError(f"{path} is not an ed25519 key", "bundles are signed with ed25519 keys")
@@ -172,11 +196,14 @@ def check_signature(root: Path, public_key: Path) -> None:
     try:
         key.verify(sig_path.read_bytes(), (root / MANIFEST).read_bytes())
     except InvalidSignature:
-        raise BundleError(f"signature check failed: {SIGNATURE} does not match {MANIFEST} under {public_key}",
-                          "the manifest was altered or signed with another key") from None
+        raise BundleError(
+            f"signature check failed: {SIGNATURE} does not match {MANIFEST} under {public_key}",
+            "the manifest was altered or signed with another key",
+        ) from None
 
 
 # --- tar.gz ----------------------------------------------------------------------------------
+
 
 def _tar_info(rel: str, size: int, mode: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(rel)
@@ -222,8 +249,9 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int = 8 << 30) -> Path:
     try:
         tar = tarfile.open(archive, mode="r:*")
     except (OSError, tarfile.TarError) as exc:
-        raise BundleError(f"cannot open {archive} as a tar archive: {exc}", "pass a bundle .tar.gz or directory") \
-            from None
+        raise BundleError(
+            f"cannot open {archive} as a tar archive: {exc}", "pass a bundle .tar.gz or directory"
+        ) from None
     with tar:
         members = tar.getmembers()
         seen: set[str] = set()
@@ -232,14 +260,22 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int = 8 << 30) -> Path:
             name = m.name.removeprefix("./")
             unsafe = _unsafe_name(name)
             if unsafe:
-                raise BundleError(f"refusing to extract {m.name!r}: {unsafe}", "the archive is not a safe bundle")
+                raise BundleError(
+                    f"refusing to extract {m.name!r}: {unsafe}", "the archive is not a safe bundle"
+                )
             if m.issym() or m.islnk():
-                raise BundleError(f"refusing to extract {m.name!r}: link to {m.linkname!r}",
-                                  "bundles hold regular files only")
+                raise BundleError(
+                    f"refusing to extract {m.name!r}: link to {m.linkname!r}",
+                    "bundles hold regular files only",
+                )
             if not (m.isfile() or m.isdir()):
-                raise BundleError(f"refusing to extract {m.name!r}: not a regular file", "bundles hold files only")
+                raise BundleError(
+                    f"refusing to extract {m.name!r}: not a regular file", "bundles hold files only"
+                )
             if name in seen:
-                raise BundleError(f"refusing to extract {m.name!r}: duplicate entry", "the archive is ambiguous")
+                raise BundleError(
+                    f"refusing to extract {m.name!r}: duplicate entry", "the archive is ambiguous"
+                )
             seen.add(name)
             total += m.size
             if total > max_bytes:
@@ -259,6 +295,12 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int = 8 << 30) -> Path:
             assert source is not None  # a regular file always has data
             with open(target, "xb") as handle:
                 handle.write(source.read())
-            os.chmod(target, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH
-                     | ((stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) if m.mode & 0o100 else 0))
+            os.chmod(
+                target,
+                stat.S_IRUSR
+                | stat.S_IWUSR
+                | stat.S_IRGRP
+                | stat.S_IROTH
+                | ((stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) if m.mode & 0o100 else 0),
+            )
     return dest

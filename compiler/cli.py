@@ -15,10 +15,16 @@ from sparsefuse.errors import SparsefuseError
 
 # One entry per module in compiler/commands/. Keep the list short and alphabetical.
 COMMAND_MODULES: tuple[str, ...] = (
+    "build",
     "compile",
+    "data",
+    "eval",
     "handoff",
+    "profile",
     "prune",
     "regress",
+    "targets",
+    "train",
     "verify",
 )
 

@@ -37,6 +37,10 @@ class CompileConfig:
         del data["out"]
         return data
 
+    def model_key_dict(self) -> dict[str, Any]:
+        """The fields that change the torch model and the export frame."""
+        return {"model": self.model, "rig": self.to_dict()["rig"], "seed": self.seed}
+
 
 def make_config(
     model: str, target: str, out: str | os.PathLike[str], rig: str | os.PathLike[str] | None = None,

@@ -1,9 +1,10 @@
 """``sparsefuse handoff``: package one compile for vehicle integration (DESIGN.md §1, job 3).
 
-Bundle layout (every file listed in manifest.json with its SHA-256):
-    model/<target>.onnx          the lowered ONNX for the target (custom nodes bind to plugins)
+Bundle layout (every file listed in manifest.json with its SHA-256; lowered/ and engine/ as in
+the compile directory, so the trtexec recipes find the model where they expect it):
+    lowered/<target>.onnx        the lowered ONNX for the target (custom nodes bind to plugins)
     native/                      CMakeLists.txt, cmake/, plugins/**/*.cu|cuh|h|cpp (plugin + kernels)
-    engine/                      build_engine.sh, profile_engine.sh (and the backend's text outputs)
+    engine/<target>/             build_engine.sh, profile_engine.sh (and the backend's text outputs)
     quantization/                calibration / scales, when the compile made any
     sparsity/plan.json           the per-layer sparsity decision, when there is one
     golden/inputs_<i>.npz, outputs_<i>.npz, tolerances.json   torch-reference frames
@@ -15,8 +16,11 @@ Bundle layout (every file listed in manifest.json with its SHA-256):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -63,10 +67,22 @@ def slug(tag: str) -> str:
 def git_info() -> dict[str, Any]:
     """Commit of the sparsefuse checkout (read-only git), or 'unknown' outside one."""
     try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
     return {"commit": commit, "dirty": dirty}
@@ -86,7 +102,16 @@ def handoff_versions() -> dict[str, str]:
 
 @contextlib.contextmanager
 def staged_dir(dest: Path) -> Iterator[Path]:
-    """Build a directory beside ``dest`` and swap it into place only when complete."""
+    """Build a directory beside ``dest`` and swap it into place only when complete. An existing
+    ``dest`` is replaced only when it is an earlier bundle (never a folder of someone's files)."""
+    if (
+        dest.is_symlink()
+        or dest.is_file()
+        or (dest.is_dir() and any(dest.iterdir()) and not (dest / bundle.MANIFEST).is_file())
+    ):
+        raise SparsefuseError(
+            f"bundle folder {dest} exists and is not a sparsefuse bundle", "choose a new --out folder"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
@@ -124,9 +149,14 @@ def lowered_model(out: Path, tag: str, backend: str) -> tuple[bytes, str]:
             from sparsefuse.passes.manager import PassContext
 
             model = lower(onnx.load(str(source)), PassContext(target_backend=backend))
-            return model.SerializeToString(), f"handoff (passes.lower for {backend} from {source.relative_to(out)})"
-    raise SparsefuseError(f"{out} has no lowered/{slug(tag)}.onnx and no exported model to lower",
-                          f"run `sparsefuse compile --target {tag} --out {out}` first")
+            return (
+                model.SerializeToString(),
+                f"handoff (passes.lower for {backend} from {source.relative_to(out)})",
+            )
+    raise SparsefuseError(
+        f"{out} has no lowered/{slug(tag)}.onnx and no exported model to lower",
+        f"run `sparsefuse compile --target {tag} --out {out}` first",
+    )
 
 
 def native_sources(root: Path = REPO_ROOT) -> dict[str, Path]:
@@ -142,19 +172,38 @@ def native_sources(root: Path = REPO_ROOT) -> dict[str, Path]:
     return files
 
 
+def _array(node: Any) -> np.ndarray:
+    """A polygraphy-JSON ndarray: {"array": base64 of np.save bytes, ...}."""
+    return np.load(io.BytesIO(base64.b64decode(node["array"])), allow_pickle=False)
+
+
+def read_polygraphy_feeds(path: Path) -> list[dict[str, np.ndarray]]:
+    """verify/inputs.json (polygraphy's JSON of a list of feed dicts), decoded without importing
+    polygraphy (whose JSON module imports torch: seconds per call)."""
+    doc = json.loads(path.read_text())
+    return [{name: _array(value) for name, value in feed.items()} for feed in doc]
+
+
+def read_polygraphy_outputs(path: Path) -> list[dict[str, np.ndarray]]:
+    """The first runner's iterations of verify/golden.json (polygraphy RunResults JSON)."""
+    doc = json.loads(path.read_text())
+    try:
+        _, iterations = doc["lst"][0]
+        return [{name: _array(value["values"]) for name, value in it["outputs"].items()} for it in iterations]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise SparsefuseError(
+            f"{path} is not polygraphy RunResults JSON ({exc})", "recompile so that verify rewrites it"
+        ) from None
+
+
 def golden_frames(out: Path, record: dict[str, Any], count: int) -> list[tuple[dict, dict]]:
     """[(inputs, outputs)] from the compile's verify frames (polygraphy JSON), else from the torch
     reference on fresh synthetic frames of the compiled preset."""
     inputs_json, golden_json = out / "verify" / "inputs.json", out / "verify" / "golden.json"
     if inputs_json.is_file() and golden_json.is_file():
-        from polygraphy.json import load_json
-
-        feeds = load_json(str(inputs_json))
-        results = load_json(str(golden_json))
-        runner = next(iter(results.keys()))
-        outputs = results[runner]
-        pairs = [({k: np.asarray(v) for k, v in f.items()}, {k: np.asarray(v) for k, v in o.items()})
-                 for f, o in zip(feeds, outputs, strict=False)]
+        pairs = list(
+            zip(read_polygraphy_feeds(inputs_json), read_polygraphy_outputs(golden_json), strict=False)
+        )
         if pairs:
             return pairs[:count]
     from sparsefuse.compiler.config import CompileConfig
@@ -162,8 +211,10 @@ def golden_frames(out: Path, record: dict[str, Any], count: int) -> list[tuple[d
 
     cfg = record.get("config", {})
     if "model" not in cfg:
-        raise SparsefuseError(f"{out}/compile.json names no model, so no golden frames can be made",
-                              "recompile with `sparsefuse compile`")
+        raise SparsefuseError(
+            f"{out}/compile.json names no model, so no golden frames can be made",
+            "recompile with `sparsefuse compile`",
+        )
     rig = Path(cfg["rig"]) if cfg.get("rig") else None
     side = TorchSide(CompileConfig(cfg["model"], cfg.get("target", "cpu"), out, rig, int(cfg.get("seed", 0))))
     return [(frame, side.forward(frame)) for _, frame in side.verify_frames(count)]
@@ -181,37 +232,49 @@ def golden_tolerances(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
-def engine_recipes(target: Any, model_rel: str) -> dict[str, str]:
-    """trtexec recipes, run on the target from the bundle root after building native/."""
-    plan = f"engine/{slug(target.tag)}.plan"
-    common = ("set -euo pipefail\ncd \"$(dirname \"$0\")/..\"\n"
-              "PLUGINS=\"${PLUGINS:-native/build/lib/libsparsefuse_trt_plugins.so}\"\n"
-              "PRECISION=\"${PRECISION:---fp16}\"\n")
-    build = (f"#!/usr/bin/env bash\n# Build the TensorRT engine for {target.tag} (TensorRT {target.tensorrt}, "
-             f"SM {target.sm}) ON THE TARGET.\n# First: cmake -S native -B native/build && cmake --build native/build\n"
-             f"{common}"
-             f"trtexec --onnx={model_rel} --saveEngine={plan} --staticPlugins=\"$PLUGINS\" \\\n"
-             f"  $PRECISION --sparsity=enable \\\n"
-             f"  --timingCacheFile=engine/timing.cache --profilingVerbosity=detailed \\\n"
-             f"  --exportLayerInfo=engine/layers.json \"$@\"\n")
-    profile = (f"#!/usr/bin/env bash\n# Profile the engine on {target.tag}: lock clocks first "
-               f"(sudo nvpmodel -m 0; sudo jetson_clocks).\n{common}"
-               f"trtexec --loadEngine={plan} --staticPlugins=\"$PLUGINS\" --useCudaGraph --useSpinWait \\\n"
-               f"  --noDataTransfers --separateProfileRun --dumpProfile --exportProfile=engine/profile.json \\\n"
-               f"  --exportTimes=engine/times.json --duration=30 \"$@\"\n")
-    return {"build_engine.sh": build, "profile_engine.sh": profile}
+def engine_recipes(stage: Path, target: Any, model_rel: str, pairs: list[tuple[dict, dict]]) -> list[str]:
+    """Write targets' trtexec recipes (build_engine.sh, profile_engine.sh) into the bundle's
+    engine/<target>/, with the optimization profile from the golden frames' dynamic sizes."""
+    import onnx
+
+    from sparsefuse.targets.backends import trtexec
+    from sparsefuse.targets.trt_plan import TrtOptions, make_plan
+
+    model = onnx.load(str(stage / model_rel), load_external_data=False)
+    dynamic: dict[str, tuple[int, ...]] = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        axes = [i for i, d in enumerate(dims) if d.dim_value <= 0]
+        if axes:
+            sizes = [int(inputs[value.name].shape[axes[0]]) for inputs, _ in pairs if value.name in inputs]
+            if sizes:
+                dynamic[value.name] = tuple(sizes)
+    plan = make_plan(
+        stage / model_rel,
+        target,
+        TrtOptions(dynamic_dims=tuple(sorted(dynamic.items()))),
+        stage / "engine" / slug(target.tag),
+    )
+    recipes = trtexec.write_recipes(plan)
+    return [p.relative_to(stage).as_posix() for p in (recipes.build_script, recipes.profile_script)]
 
 
 def readme_text(fields: dict[str, Any], files: list[str]) -> str:
     info = fields["target_info"]
-    trt = (f"TensorRT {info['tensorrt']} (SM {info['sm']}" + (f", JetPack {info['jetpack']}" if info.get("jetpack")
-                                                              else "") + ")") if info["backend"] == "tensorrt" \
+    trt = (
+        (
+            f"TensorRT {info['tensorrt']} (SM {info['sm']}"
+            + (f", JetPack {info['jetpack']}" if info.get("jetpack") else "")
+            + ")"
+        )
+        if info["backend"] == "tensorrt"
         else "ONNX Runtime"
+    )
     listing = "\n".join(f"- `{f}`" for f in files)
-    return f"""# sparsefuse hand-off bundle: {fields['target']}
+    return f"""# sparsefuse hand-off bundle: {fields["target"]}
 
-Runtime: {trt}. Model: `{fields['model']}` (lowered by {fields['lowered_by']}).
-sparsefuse commit `{fields['git']['commit']}`; compile config in `compile.json`.
+Runtime: {trt}. Model: `{fields["model"]}` (lowered by {fields["lowered_by"]}).
+sparsefuse commit `{fields["git"]["commit"]}`; compile config in `compile.json`.
 
 ## 1. Check the bundle
     sparsefuse verify BUNDLE [--public-key signer.pub] [--run]
@@ -221,17 +284,18 @@ available backend and checks `golden/outputs_<i>.npz` within `golden/tolerances.
 (DESIGN.md §7: float32 max|a-b| <= 1e-4*max|ref| + 1e-5, float16 1e-2 / 1e-3, integers exact).
 
 ## 2. Build the plugins and the engine (on the target)
-    cmake -S native -B native/build -DCMAKE_CUDA_ARCHITECTURES={info['sm'] or 'native'}
+    cmake -S native -B native/build -DCMAKE_CUDA_ARCHITECTURES={info["sm"] or "native"}
     cmake --build native/build -j
-    engine/build_engine.sh      # trtexec: ONNX + plugin library -> engine/<target>.plan
-    engine/profile_engine.sh    # lock clocks first; per-layer profile in engine/profile.json
+    export SPARSEFUSE_TRT_PLUGINS=$PWD/native/build/lib/libsparsefuse_trt_plugins.so
+    {fields["engine_dir"]}/build_engine.sh     # trtexec: ONNX + plugin library -> model.plan
+    {fields["engine_dir"]}/profile_engine.sh   # records power mode and clocks with the timings
 The custom nodes (domain `sparsefuse`: Voxelize, SparseConv3d, ScatterDense, BEVPool) bind to the
 IPluginV3 plugins of namespace `sparsefuse`, version 1. Engines are never shipped: they are
 specific to the GPU and TensorRT version, so build them on the vehicle's hardware.
 
 ## 3. Latency
 `latency/budget.json` holds the budget; `latency/profile.json` (when present) the last profile,
-labelled `{fields['profile_label'] or 'absent'}` — an `estimated` profile comes from a cost model,
+labelled `{fields["profile_label"] or "absent"}` — an `estimated` profile comes from a cost model,
 not from a device.
 
 ## Files
@@ -246,30 +310,30 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
 
     out = opts.out
     if not (out / "compile.json").is_file():
-        raise SparsefuseError(f"{out} is not a compile directory (no compile.json)",
-                              "run `sparsefuse compile --out OUT` first, then hand off OUT")
+        raise SparsefuseError(
+            f"{out} is not a compile directory (no compile.json)",
+            "run `sparsefuse compile --out OUT` first, then hand off OUT",
+        )
     record = read_json(out / "compile.json", "compile record")
     target = get_target(opts.target)
     onnx_bytes, lowered_by = lowered_model(out, target.tag, target.backend)
-    model_rel = f"model/{slug(target.tag)}.onnx"
+    model_rel = f"lowered/{slug(target.tag)}.onnx"  # same layout as OUT: the recipes find it
     write_bytes(stage / model_rel, onnx_bytes)
+    pairs = golden_frames(out, record, opts.golden_frames)
 
     for rel, src in native_sources().items():
         _copy(src, stage / rel)
 
-    engine_src = out / "engine" / slug(target.tag)
+    engine_rel = f"engine/{slug(target.tag)}"
     shipped_engine = []
-    if engine_src.is_dir():
-        for path in sorted(p for p in engine_src.rglob("*") if p.is_file()):
-            if path.suffix not in HARDWARE_SPECIFIC:
-                rel = f"engine/{path.relative_to(engine_src).as_posix()}"
+    if (out / engine_rel).is_dir():
+        for path in sorted(p for p in (out / engine_rel).rglob("*") if p.is_file()):
+            if path.suffix not in HARDWARE_SPECIFIC and not path.name.endswith(".log"):
+                rel = f"{engine_rel}/{path.relative_to(out / engine_rel).as_posix()}"
                 _copy(path, stage / rel)
                 shipped_engine.append(rel)
-    if target.backend == "tensorrt" and not (stage / "engine" / "build_engine.sh").exists():
-        for name, text in engine_recipes(target, model_rel).items():
-            write_bytes(stage / "engine" / name, text.encode())
-            (stage / "engine" / name).chmod(0o755)
-            shipped_engine.append(f"engine/{name}")
+    if target.backend == "tensorrt" and not (stage / engine_rel / "build_engine.sh").exists():
+        shipped_engine += engine_recipes(stage, target, model_rel, pairs)
 
     for name in ("quantization", "quant"):
         if (out / name).is_dir():
@@ -278,7 +342,6 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
     if (out / "sparsity" / "plan.json").is_file():
         _copy(out / "sparsity" / "plan.json", stage / "sparsity" / "plan.json")
 
-    pairs = golden_frames(out, record, opts.golden_frames)
     for i, (inputs, outputs) in enumerate(pairs):
         write_bytes(stage / "golden" / f"inputs_{i}.npz", bundle.npz_bytes(inputs))
         write_bytes(stage / "golden" / f"outputs_{i}.npz", bundle.npz_bytes(outputs))
@@ -288,18 +351,32 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
     if (out / "profile.json").is_file():
         _copy(out / "profile.json", stage / "latency" / "profile.json")
         profile_label = read_json(out / "profile.json", "profile").get("label")
-    write_bytes(stage / "latency" / "budget.json", bundle.json_bytes({
-        "schema_version": 1, "target": target.tag, "budget_ms": opts.latency_budget_ms,
-        "source": "sparsefuse handoff --latency-budget-ms" if opts.latency_budget_ms is not None else "not set",
-        "last_profile_label": profile_label,
-    }))
+    write_bytes(
+        stage / "latency" / "budget.json",
+        bundle.json_bytes(
+            {
+                "schema_version": 1,
+                "target": target.tag,
+                "budget_ms": opts.latency_budget_ms,
+                "source": "sparsefuse handoff --latency-budget-ms"
+                if opts.latency_budget_ms is not None
+                else "not set",
+                "last_profile_label": profile_label,
+            }
+        ),
+    )
     _copy(out / "compile.json", stage / "compile.json")
 
     fields = {
         "target": target.tag,
-        "target_info": {"backend": target.backend, "sm": target.sm, "tensorrt": target.tensorrt,
-                        "jetpack": getattr(target, "jetpack", None)},
+        "target_info": {
+            "backend": target.backend,
+            "sm": target.sm,
+            "tensorrt": target.tensorrt,
+            "jetpack": getattr(target, "jetpack", None),
+        },
         "model": model_rel,
+        "engine_dir": engine_rel,
         "lowered_by": lowered_by,
         "golden_frames": len(pairs),
         "git": git_info(),

@@ -14,11 +14,18 @@ from typing import Any
 
 import numpy as np
 import onnx
-from sparsefuse.compiler.config import CompileConfig
-from sparsefuse.compiler.provenance import tool_versions
-from sparsefuse.compiler.stages import NullProgress, Progress, StageRecord, StageRunner, atomic_dir
 
 from sparsefuse.atomic import sha256_file, write_bytes, write_json
+from sparsefuse.compiler.config import CompileConfig
+from sparsefuse.compiler.provenance import tool_versions
+from sparsefuse.compiler.stages import (
+    NullProgress,
+    Progress,
+    StageRecord,
+    StageRunner,
+    atomic_dir,
+    remove_outputs,
+)
 
 SCHEMA_VERSION = 1
 EXPORT_ONNX = "export/model.onnx"
@@ -41,19 +48,21 @@ def compile_model(config: CompileConfig, progress: Progress | None = None) -> Co
 
     start = time.perf_counter()
     out, target = config.out, get_target(config.target)
+    remove_outputs(out, ["compile.json"])  # stale until this compile completes
     progress = progress or NullProgress()
     run = StageRunner(out, tool_versions(), progress)
     torch_side = TorchSide(config)
     inputs = input_hashes(config)
-    lowered = f"lowered/{lowered_filename(config.target)}"
-    engine = f"engine/{config.target.replace('/', '_')}"
-    target_cfg = {"target": config.target, "backend": target.backend}
+    lowered = f"lowered/{lowered_filename(target.tag)}"
+    engine = f"engine/{target.tag.replace('/', '_')}"
+    target_cfg = {"target": target.tag, "backend": target.backend}
 
-    export = run.run("export", inputs, config.key_dict(), [EXPORT_ONNX],
+    export = run.run("export", inputs, config.model_key_dict(), [EXPORT_ONNX],
                      lambda: _export(torch_side, out, progress))
-    passes = run.run("passes", export.outputs, {}, [PASSES_ONNX], lambda: _passes(out, progress))
+    passes = run.run("passes", export.outputs, {}, [PASSES_ONNX],
+                     lambda: _passes(out, EXPORT_ONNX, PASSES_ONNX, progress))
     lower = run.run("lower", passes.outputs, target_cfg, [lowered],
-                    lambda: _lower(out, lowered, target.backend, progress))
+                    lambda: _lower(out, PASSES_ONNX, lowered, target.backend, progress))
     build = run.run("build", lower.outputs, target_cfg, [engine],
                     lambda: _build(out, lowered, engine, target))
     verify = run.run("verify", {**lower.outputs, **build.outputs}, config.key_dict(), list(VERIFY_FILES),
@@ -75,6 +84,7 @@ def compile_record(config: CompileConfig, inputs: dict[str, str], result: Compil
         "versions": tool_versions(),
         "inputs": inputs,
         "outputs": dict(sorted(outputs.items())),
+        "stage_order": [r.name for r in result.stages],  # JSON keys are sorted on write
         "stages": {r.name: r.to_dict() for r in result.stages},
         "timings_s": {r.name: round(r.wall_s, 3) for r in result.stages},
         "verify_pass": result.verify_passed,
@@ -97,20 +107,30 @@ class TorchSide:
 
     @functools.cached_property
     def preset(self) -> Any:
+        """The preset, with the camera count and point range of a user rig (for the frames)."""
+        from dataclasses import replace
+
         from sparsefuse.models.presets import get_preset
 
-        return get_preset(self.config.model)
+        preset = get_preset(self.config.model)
+        if self.rig is not None:
+            preset = replace(preset, num_cameras=len(self.rig.cameras), point_range=self.rig.point_range)
+        return preset
+
+    @functools.cached_property
+    def rig(self) -> Any:
+        """The user's rig, or None for the preset's built-in one."""
+        if self.config.rig is None:
+            return None
+        from sparsefuse.models.rig import load_rig
+
+        return load_rig(self.config.rig)
 
     @functools.cached_property
     def model(self) -> Any:
         from sparsefuse.models.presets import build_model
 
-        rig = None
-        if self.config.rig is not None:
-            from sparsefuse.models.rig import load_rig
-
-            rig = load_rig(self.config.rig)
-        return build_model(self.config.model, rig=rig, seed=self.config.seed).eval()
+        return build_model(self.config.model, rig=self.rig, seed=self.config.seed).eval()
 
     def frame(self, seed: int, num_points: int | None = None) -> dict[str, np.ndarray]:
         from sparsefuse.models.frames import random_frame
@@ -120,6 +140,7 @@ class TorchSide:
 
     def forward(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
+
         from sparsefuse.passes.export import OUTPUT_NAMES
 
         with torch.inference_mode():
@@ -155,6 +176,7 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def _export(torch_side: TorchSide, out: Path, progress: Progress) -> dict[str, Any]:
     import torch
+
     from sparsefuse.passes.export import export_model, read_param_map
     from sparsefuse.passes.manager import PassContext, run_producer
 
@@ -166,21 +188,21 @@ def _export(torch_side: TorchSide, out: Path, progress: Progress) -> dict[str, A
             "params_mapped": len(read_param_map(model)), "custom_nodes": _custom_op_counts(model)}
 
 
-def _passes(out: Path, progress: Progress) -> dict[str, Any]:
+def _passes(out: Path, src: str, dst: str, progress: Progress) -> dict[str, Any]:
     from sparsefuse.passes.cleanup import cleanup
     from sparsefuse.passes.manager import Pass, PassContext, run_passes
 
-    model, records = run_passes([Pass("cleanup", cleanup)], onnx.load(out / EXPORT_ONNX),
-                                PassContext(log=progress.log))
-    write_bytes(out / PASSES_ONNX, model.SerializeToString())
+    ctx = PassContext(log=progress.log)
+    model, records = run_passes([Pass("cleanup", cleanup)], onnx.load(out / src), ctx)
+    write_bytes(out / dst, model.SerializeToString())
     return {"passes": [r.to_dict() for r in records]}
 
 
-def _lower(out: Path, lowered: str, backend: str, progress: Progress) -> dict[str, Any]:
+def _lower(out: Path, src: str, lowered: str, backend: str, progress: Progress) -> dict[str, Any]:
     from sparsefuse.passes.lower import lower
     from sparsefuse.passes.manager import Pass, PassContext, run_passes
 
-    model, records = run_passes([Pass("lower", lower)], onnx.load(out / PASSES_ONNX),
+    model, records = run_passes([Pass("lower", lower)], onnx.load(out / src),
                                 PassContext(target_backend=backend, log=progress.log))
     write_bytes(out / lowered, model.SerializeToString())
     return {"passes": [r.to_dict() for r in records], "functions": [f.name for f in model.functions]}
@@ -207,7 +229,8 @@ def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, count: 
         lowered,
     )
     write_json(out / "verify.json", report.to_dict())
-    return {"pass": report.passed, "polygraphy_pass": report.polygraphy_passed}
+    return {"pass": report.passed, "polygraphy_pass": report.polygraphy_passed,
+            "polygraphy_command": report.polygraphy_command}
 
 
 def engine_session(engine_dir: Path, lowered: Path) -> Any:
@@ -221,6 +244,7 @@ def engine_session(engine_dir: Path, lowered: Path) -> Any:
     path = optimized if optimized.is_file() else lowered
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

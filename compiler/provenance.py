@@ -20,6 +20,7 @@ from typing import Any
 from sparsefuse.atomic import sha256_bytes, sha256_file
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "polygraphy", "numpy")
+_SOURCE_SUFFIXES = (".py", ".json", ".toml")
 _SOURCE_PACKAGES = ("sparsefuse", "sparsefuse.compiler", "sparsefuse.passes", "sparsefuse.plugins",
                     "sparsefuse.models", "sparsefuse.targets")
 
@@ -45,10 +46,12 @@ def _dist_version(name: str) -> str:
 
 @functools.cache
 def source_digest() -> str:
-    """SHA-256 over our Python sources (path + content), in sorted order."""
+    """SHA-256 over our sources and data (path + content): Python, built-in rigs (JSON) and
+    target records (TOML)."""
     digest = hashlib.sha256()
     for root in _package_roots():
-        for path in sorted(root.rglob("*.py")):
+        files = (p for p in root.rglob("*") if p.suffix in _SOURCE_SUFFIXES and p.is_file())
+        for path in sorted(files):
             if "tests" in path.parts or "__pycache__" in path.parts:
                 continue
             digest.update(path.relative_to(root.parent).as_posix().encode())

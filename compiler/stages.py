@@ -5,7 +5,8 @@ small JSON-able ``details`` dict. Its cache key is hash(input hashes + config + 
 (compiler/provenance.py). After a stage completes, its record (key, output hashes, details) is
 saved in OUT/.cache/<stage>.json; on recompile a stage whose key is unchanged and whose
 outputs are intact is skipped. Cache records are bookkeeping, not artifacts: a record whose
-outputs were changed or deleted is simply ignored.
+outputs were changed or deleted is simply ignored. A stage interrupted or failing midway leaves
+none of its outputs behind.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sparsefuse.compiler.provenance import hash_outputs, outputs_intact, stage_key
-
 from sparsefuse.atomic import write_json
+from sparsefuse.compiler.provenance import hash_outputs, outputs_intact, stage_key
 
 CACHE_DIR = ".cache"
 
@@ -83,7 +83,13 @@ class StageRunner:
         record = self._cached(name, key, outputs)
         if record is None:
             start = time.perf_counter()
-            details = dict(fn() or {})
+            try:
+                details = dict(fn() or {})
+            except BaseException:
+                # Ctrl-C or a failure mid-stage: what this stage already wrote (complete files, but
+                # an incomplete set) and its stale outputs from an earlier compile both go.
+                remove_outputs(self.out, [*outputs, f"{CACHE_DIR}/{name}.json"])
+                raise
             wall_s = time.perf_counter() - start
             record = StageRecord(name, key, hash_outputs(self.out, outputs), wall_s, False, details)
             write_json(self._cache_path(name), {"schema_version": 1, "name": name, **record.to_dict()})
@@ -104,6 +110,17 @@ class StageRunner:
         if saved.get("key") != key or not covers or not outputs_intact(self.out, hashes):
             return None
         return StageRecord(name, key, hashes, float(saved.get("wall_s", 0.0)), True, saved.get("details", {}))
+
+
+def remove_outputs(out: Path, relpaths: Sequence[str]) -> None:
+    """Delete files or directories under ``out`` (missing ones are fine)."""
+    for rel in relpaths:
+        path = out / rel
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 @contextlib.contextmanager

@@ -88,7 +88,8 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "pass": self.passed, "frames": self.frames,
-                "polygraphy": {"pass": self.polygraphy_passed, "command": self.polygraphy_command},
+                "polygraphy": {"pass": self.polygraphy_passed, "command": self.polygraphy_command,
+                               "run_from": "the artifact directory (OUT)"},
                 "rule": {"float32": "max|a-b| <= 1e-4*max|ref| + 1e-5", "integer": "exact",
                          "max_rel": "max|a-b| / max|ref|"}}
 

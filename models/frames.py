@@ -15,37 +15,41 @@ import torch.nn.functional as F  # noqa: N812
 
 from sparsefuse.models.presets import Preset
 
-GROUND_Z = -1.8  # m, ground height in the ego frame (sensor roof at 0)
+GROUND_Z = 0.0  # m: the ego frame sits on the ground (cameras at ~1.5 m, models/rig.py)
 SHARES = {"ground": 0.55, "objects": 0.25, "walls": 0.15}  # the rest is outside the range
 
 
-def random_frame(preset: Preset, seed: int, num_points: int | None = None) -> dict[str, torch.Tensor]:
-    """Images and points for ``preset``; same (preset, seed, num_points) -> identical tensors.
+def random_frame(preset: Preset, seed: int, num_points: int | None = None,
+                 num_cameras: int | None = None) -> dict[str, torch.Tensor]:
+    """Images and points for ``preset``; same arguments -> identical tensors.
 
     Without ``num_points`` the count varies with the seed around ``preset.num_points_typical``
-    (+-20 %), so that frames exercise the dynamic point count.
+    (+-20 %), so that frames exercise the dynamic point count. ``num_cameras`` defaults to the
+    preset's (pass ``len(rig.cameras)`` for a model built on a user rig).
     """
     rng = np.random.default_rng(seed)
     if num_points is None:
         num_points = int(round(preset.num_points_typical * rng.uniform(0.8, 1.2)))
     if num_points < 0:
         raise ValueError(f"num_points must be >= 0, got {num_points}")
-    return {"images": random_images(rng, preset), "points": random_points(rng, preset, num_points)}
+    cameras = preset.num_cameras if num_cameras is None else num_cameras
+    return {"images": random_images(rng, preset.image_size, cameras),
+            "points": random_points(rng, preset, num_points)}
 
 
-def random_images(rng: np.random.Generator, preset: Preset) -> torch.Tensor:
+def random_images(rng: np.random.Generator, image_size: tuple[int, int], num_cameras: int) -> torch.Tensor:
     """[Ncam,3,H,W] f32 in [0,1]: sky above, road below, smooth blobs and a little pixel noise."""
-    height, width = preset.image_size
+    height, width = image_size
     rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     sky = np.array([0.55, 0.65, 0.85], dtype=np.float32)[:, None, None]
     road = np.array([0.35, 0.33, 0.30], dtype=np.float32)[:, None, None]
-    horizon = 0.45 + 0.1 * rng.uniform(-1, 1, size=(preset.num_cameras, 1, 1, 1)).astype(np.float32)
+    horizon = 0.45 + 0.1 * rng.uniform(-1, 1, size=(num_cameras, 1, 1, 1)).astype(np.float32)
     t = np.clip((rows[None, None] - horizon) * 8.0 + 0.5, 0.0, 1.0)  # [Ncam,1,H,1]
     base = (1 - t) * sky[None] + t * road[None]
-    coarse = rng.uniform(-0.25, 0.25, size=(preset.num_cameras, 3, max(height // 16, 1), max(width // 16, 1)))
+    coarse = rng.uniform(-0.25, 0.25, size=(num_cameras, 3, max(height // 16, 1), max(width // 16, 1)))
     blobs = F.interpolate(torch.from_numpy(coarse.astype(np.float32)), size=(height, width), mode="bilinear",
                           align_corners=False)
-    noise = rng.normal(0.0, 0.02, size=(preset.num_cameras, 3, height, width)).astype(np.float32)
+    noise = rng.normal(0.0, 0.02, size=(num_cameras, 3, height, width)).astype(np.float32)
     images = torch.from_numpy(base).expand(-1, 3, height, width) + blobs + torch.from_numpy(noise)
     return images.clamp(0.0, 1.0).contiguous()
 
@@ -99,7 +103,7 @@ def _objects(rng: np.random.Generator, n: int, reach: float) -> np.ndarray:
 
 def _walls(rng: np.random.Generator, n: int, reach: float) -> np.ndarray:
     r = rng.uniform(0.6 * reach, reach, size=n)
-    return _polar(rng, n, r, rng.uniform(GROUND_Z, GROUND_Z + 4.0, size=n))
+    return _polar(rng, n, r, rng.uniform(GROUND_Z, GROUND_Z + 3.0, size=n))
 
 
 def _outside(rng: np.random.Generator, n: int, point_range: tuple[float, ...]) -> np.ndarray:
@@ -107,7 +111,7 @@ def _outside(rng: np.random.Generator, n: int, point_range: tuple[float, ...]) -
     x_lo, y_lo, z_lo, x_hi, y_hi, z_hi = point_range
     far = max(x_hi, y_hi, -x_lo, -y_lo) * 1.5
     r = rng.uniform(0.0, far, size=n)
-    z = np.where(r > far / 1.5 * 1.42, rng.uniform(GROUND_Z, 1.0, size=n),
+    z = np.where(r > far / 1.5 * 1.42, rng.uniform(GROUND_Z, GROUND_Z + 2.0, size=n),
                  np.where(rng.uniform(size=n) < 0.5, rng.uniform(z_hi + 0.1, z_hi + 5.0, size=n),
                           rng.uniform(z_lo - 5.0, z_lo - 0.1, size=n)))
     return _polar(rng, n, r, z)

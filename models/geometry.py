@@ -27,10 +27,14 @@ def feature_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
 
 
 def pixel_centres(image_size: tuple[int, int], stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image coordinates (u [W'], v [H'], pixels) of each feature pixel's block centre."""
+    """Image coordinates (u [W'], v [H'], pixels) of each feature pixel's block centre.
+
+    Continuous pixel coordinates: input pixel j spans [j, j+1), as Camera.resized (which scales
+    K without a half-pixel shift) and the synthetic renderer assume; block j spans
+    [j*stride, (j+1)*stride), centre (j + 0.5) * stride.
+    """
     feat_h, feat_w = feature_size(image_size, stride)
-    offset = (stride - 1) / 2.0
-    return np.arange(feat_w) * stride + offset, np.arange(feat_h) * stride + offset
+    return (np.arange(feat_w) + 0.5) * stride, (np.arange(feat_h) + 0.5) * stride
 
 
 def camera_frustum(camera: Camera, depths: np.ndarray, stride: int) -> np.ndarray:
@@ -75,7 +79,8 @@ def bev_cell_of(points: np.ndarray, rig: Rig, subdivision: int = 1) -> np.ndarra
 def frustum_bev_cells(rig: Rig, stride: int, subdivision: int = 1) -> np.ndarray:
     """Pool-grid cell [Ncam,D,H',W'] int64 of every frustum point (-1 = outside), camera by camera."""
     depths = rig.depth_bins
-    return np.stack([bev_cell_of(camera_frustum(cam, depths, stride), rig, subdivision) for cam in rig.cameras])
+    return np.stack([bev_cell_of(camera_frustum(cam, depths, stride), rig, subdivision)
+                     for cam in rig.cameras])
 
 
 def camera_bev_ranks(rig: Rig, stride: int, subdivision: int = 1) -> BevPoolRanks:

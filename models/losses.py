@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 
-def seg_loss(seg_logits: torch.Tensor, masks: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+def seg_loss(
+    seg_logits: torch.Tensor, masks: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean binary cross-entropy of seg_logits [1, C, Y, X] against masks [C, Y, X] in {0, 1}.
 
     ``pos_weight`` [C] up-weights the positives of rare classes (BCEWithLogits semantics).
@@ -17,8 +19,9 @@ def seg_loss(seg_logits: torch.Tensor, masks: torch.Tensor, pos_weight: torch.Te
     return F.binary_cross_entropy_with_logits(seg_logits[0], masks.float(), pos_weight=pw)
 
 
-def focal_loss(heatmap_logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
-               ) -> torch.Tensor:
+def focal_loss(
+    heatmap_logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
     """CenterPoint / CornerNet Gaussian focal loss of logits [1, C, Y, X] vs target [C, Y, X] in [0, 1].
 
     Positives are the cells where target == 1; the loss is normalised by their number (at least 1).
@@ -33,8 +36,9 @@ def focal_loss(heatmap_logits: torch.Tensor, target: torch.Tensor, alpha: float 
     return (pos_term.sum() + neg_term.sum()) / pos.sum().clamp(min=1.0)
 
 
-def box_loss(boxes: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-             weights: torch.Tensor | None = None) -> torch.Tensor:
+def box_loss(
+    boxes: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """L1 of boxes [1, 8, Y, X] vs target [8, Y, X] at the centre cells mask [Y, X], per object."""
     m = mask.float()
     diff = (boxes[0] - target).abs() * m
@@ -50,8 +54,9 @@ class LossWeights:
     box: float = 0.25
 
 
-def total_loss(outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor],
-               weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
+def total_loss(
+    outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor], weights: LossWeights = LossWeights()
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum over (seg_logits, heatmap, boxes); targets: seg_masks, heatmap, boxes, box_mask.
 
     Returns (loss, {name: value}) for logging.

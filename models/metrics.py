@@ -72,13 +72,21 @@ class Detections:
     labels: np.ndarray
 
 
-def decode(heatmap: torch.Tensor, boxes: torch.Tensor, bev_range: tuple[float, ...], bev_cell: float,
-           top_k: int = 100, score_threshold: float = 0.05, pool: int = 3) -> Detections:
+def decode(
+    heatmap: torch.Tensor,
+    boxes: torch.Tensor,
+    bev_range: tuple[float, ...],
+    bev_cell: float,
+    top_k: int = 100,
+    score_threshold: float = 0.05,
+    pool: int = 3,
+) -> Detections:
     """CenterPoint decoding of heatmap [1, C, Y, X] (logits) and boxes [1, 8, Y, X].
 
     Peaks survive a ``pool`` x ``pool`` max-pool NMS; the ``top_k`` highest-scoring peaks over all
     classes above ``score_threshold`` become boxes: centre = cell centre + (dx, dy) m, z, exp of the
-    log sizes, yaw = atan2(sin, cos). The grid is cell (iy, ix) at (xmin + (ix + .5) cell, ymin + (iy + .5) cell).
+    log sizes, yaw = atan2(sin, cos). Cell (iy, ix) is centred at
+    (xmin + (ix + .5) cell, ymin + (iy + .5) cell).
     """
     scores = torch.sigmoid(heatmap[0].detach().float())
     pooled = F.max_pool2d(scores[None], pool, stride=1, padding=pool // 2)[0]
@@ -135,7 +143,7 @@ def average_precision(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> float:
     recall = tp_cum / num_gt
     grid = np.linspace(0.0, 1.0, RECALL_POINTS)
     interp = np.interp(grid, recall, precision, right=0.0)
-    kept = interp[int(round(100 * MIN_RECALL)) + 1:]
+    kept = interp[int(round(100 * MIN_RECALL)) + 1 :]
     return float(np.mean(np.clip(kept - MIN_PRECISION, 0.0, None)) / (1.0 - MIN_PRECISION))
 
 

@@ -7,6 +7,7 @@ shared machine: scatter-heavy sparse ops get much slower with contended OpenMP t
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -25,7 +26,7 @@ from sparsefuse.models.synthetic.labels import BevGrid, detection_targets
 from sparsefuse.models.synthetic.scene import CLASS_NAMES, SEG_CLASSES
 from sparsefuse.plugins.bev_pool.reference import bev_pool
 from sparsefuse.plugins.scatter_dense.reference import scatter_dense
-from sparsefuse.plugins.sparse_conv3d.reference import build_kernel_map, sparse_conv3d
+from sparsefuse.plugins.sparse_conv3d.reference import sparse_conv3d
 
 MODES = ("full", "camera_only", "lidar_only")  # camera_only: LiDAR emptied; lidar_only: cameras blanked
 SEG_POS_WEIGHT = (1.0, 3.0, 3.0, 5.0, 3.0)  # rare object classes get more weight on their positives
@@ -47,6 +48,7 @@ class TrainConfig:
 
 # ---------------------------------------------------------------- autograd for the custom ops
 
+
 def _bev_pool_setup(ctx, inputs, output) -> None:
     depth, feat, ranks_depth, ranks_feat, ranks_bev = inputs[:5]
     ctx.save_for_backward(depth, feat, ranks_depth, ranks_feat, ranks_bev)
@@ -60,7 +62,8 @@ def _bev_pool_backward(ctx, grad_bev):
     weights = depth.reshape(-1)[ranks_depth.long()]
     grad_depth = depth.new_zeros(depth.numel()).index_add_(0, ranks_depth.long(), (g * values).sum(1))
     grad_feat = feat.new_zeros(feat.reshape(-1, channels).shape).index_add_(
-        0, ranks_feat.long(), g * weights[:, None])
+        0, ranks_feat.long(), g * weights[:, None]
+    )
     return grad_depth.view_as(depth), grad_feat.view_as(feat), None, None, None, None, None, None
 
 
@@ -81,21 +84,80 @@ def _scatter_backward(ctx, grad_dense):
 
 def _sconv_setup(ctx, inputs, output) -> None:
     features, coords, weight, bias, spatial_shape, kernel_size, stride, padding, dilation, subm, act = inputs
-    ctx.save_for_backward(features, coords, weight, output[0])
+    ctx.save_for_backward(features, coords, weight, output[0], output[1])
     ctx.has_bias = bias is not None
-    ctx.args = (list(spatial_shape), list(kernel_size), list(stride), list(padding), list(dilation), bool(subm))
+    ctx.args = (
+        list(spatial_shape),
+        list(kernel_size),
+        list(stride),
+        list(padding),
+        list(dilation),
+        bool(subm),
+    )
     ctx.relu = act == "relu"
 
 
+def kernel_pairs(
+    coords: torch.Tensor,
+    out_coords: torch.Tensor,
+    spatial_shape: list[int],
+    kernel_size: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    subm: bool,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per kernel offset, (input rows, output rows) with out += W[k] @ in: the same pairs as the
+    plugin's kernel map (plugins/sparse_conv3d/reference.py), found through a dense index table of
+    the output grid instead of sorted-key searches (about 10x faster on CPU)."""
+    c = coords.long()
+    oc = out_coords.long()
+    out_shape = [
+        int(v)
+        for v in (
+            spatial_shape
+            if subm
+            else [
+                (n + 2 * p - d * (k - 1) - 1) // s + 1
+                for n, k, s, p, d in zip(spatial_shape, kernel_size, stride, padding, dilation, strict=True)
+            ]
+        )
+    ]
+    bounds = torch.tensor(out_shape)
+    batches = int(oc[:, 0].max()) + 1 if oc.numel() else 1
+    table = torch.full((batches * math.prod(out_shape),), -1, dtype=torch.long)
+
+    def key(b: torch.Tensor, zyx: torch.Tensor) -> torch.Tensor:
+        return ((b * out_shape[0] + zyx[:, 0]) * out_shape[1] + zyx[:, 1]) * out_shape[2] + zyx[:, 2]
+
+    table[key(oc[:, 0], oc[:, 1:])] = torch.arange(oc.shape[0])
+    dil, strd, pad = torch.tensor(dilation), torch.tensor(stride), torch.tensor(padding)
+    half = torch.tensor([k // 2 for k in kernel_size])
+    pairs = []
+    for offset in itertools.product(*(range(int(k)) for k in kernel_size)):
+        off = torch.tensor(offset)
+        if subm:  # out o reads in o + (k - k//2) d, i.e. in x feeds out x - (k - k//2) d
+            target = c[:, 1:] - (off - half) * dil
+            ok = ((target >= 0) & (target < bounds)).all(dim=1)
+        else:
+            num = c[:, 1:] + pad - off * dil
+            target = torch.div(num, strd, rounding_mode="floor")
+            ok = ((num >= 0) & (num % strd == 0) & (target < bounds)).all(dim=1)
+        src = torch.nonzero(ok).flatten()
+        dst = table[key(c[src, 0], target[src])]
+        hit = dst >= 0
+        pairs.append((src[hit], dst[hit]))
+    return pairs
+
+
 def _sconv_backward(ctx, grad_out, _grad_coords):
-    features, coords, weight, out = ctx.saved_tensors
+    features, coords, weight, out, out_coords = ctx.saved_tensors
     g = grad_out * (out > 0).to(grad_out.dtype) if ctx.relu else grad_out
-    kmap = build_kernel_map(coords, *ctx.args)
     c_out, c_in = weight.shape[0], weight.shape[-1]
     w = weight.reshape(c_out, -1, c_in)
     grad_f = torch.zeros_like(features)
     grad_w = torch.zeros_like(w)
-    for k, (src, dst) in enumerate(zip(kmap.in_index, kmap.out_index, strict=True)):
+    for k, (src, dst) in enumerate(kernel_pairs(coords, out_coords, *ctx.args)):
         if src.numel():
             gd = g[dst]
             grad_f.index_add_(0, src, gd @ w[:, k, :])
@@ -109,14 +171,17 @@ def ensure_autograd() -> None:
 
     Voxelize needs none (it only reads the input points). Idempotent; a plugin's own formula wins.
     """
-    for op, backward, setup in ((bev_pool, _bev_pool_backward, _bev_pool_setup),
-                                (scatter_dense, _scatter_backward, _scatter_setup),
-                                (sparse_conv3d, _sconv_backward, _sconv_setup)):
+    for op, backward, setup in (
+        (bev_pool, _bev_pool_backward, _bev_pool_setup),
+        (scatter_dense, _scatter_backward, _scatter_setup),
+        (sparse_conv3d, _sconv_backward, _sconv_setup),
+    ):
         if getattr(op, "_backward_fn", None) is None:
             op.register_autograd(backward, setup_context=setup)
 
 
 # ---------------------------------------------------------------- data plumbing
+
 
 def model_grid(model: nn.Module) -> BevGrid:
     """The output BEV grid of a reference model (its rig's bev_range / bev_cell)."""
@@ -151,8 +216,10 @@ def sensor_inputs(frame: Frame, mode: str = "full") -> tuple[torch.Tensor, torch
 
 # ---------------------------------------------------------------- training
 
-def train(model: nn.Module, frames: list[Frame], config: TrainConfig,
-          log: Callable[[str], None] | None = None) -> list[dict[str, float]]:
+
+def train(
+    model: nn.Module, frames: list[Frame], config: TrainConfig, log: Callable[[str], None] | None = None
+) -> list[dict[str, float]]:
     """Train ``model`` in place on ``frames`` (shuffled epochs, batch 1, modality dropout).
 
     AdamW with a one-cycle LR schedule; returns the per-step loss history.
@@ -162,17 +229,24 @@ def train(model: nn.Module, frames: list[Frame], config: TrainConfig,
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
+    )
     targets: dict[int, dict[str, torch.Tensor]] = {}
-    order = np.concatenate([rng.permutation(len(frames)) for _ in range(math.ceil(config.steps / len(frames)))])
+    order = np.concatenate(
+        [rng.permutation(len(frames)) for _ in range(math.ceil(config.steps / len(frames)))]
+    )
     history: list[dict[str, float]] = []
     model.train()
     start = time.perf_counter()
     for step in range(config.steps):
         idx = int(order[step])
         roll = rng.random()
-        mode = "lidar_only" if roll < config.drop_camera else (
-            "camera_only" if roll < config.drop_camera + config.drop_lidar else "full")
+        mode = (
+            "lidar_only"
+            if roll < config.drop_camera
+            else ("camera_only" if roll < config.drop_camera + config.drop_lidar else "full")
+        )
         if idx not in targets:
             targets[idx] = frame_targets(frames[idx], grid)
         images, points = sensor_inputs(frames[idx], mode)
@@ -184,15 +258,18 @@ def train(model: nn.Module, frames: list[Frame], config: TrainConfig,
         sched.step()
         history.append({"loss": float(loss.detach()), **parts})
         if log and (step + 1) % config.log_every == 0:
-            recent = history[-config.log_every:]
+            recent = history[-config.log_every :]
             mean = {k: sum(h[k] for h in recent) / len(recent) for k in recent[0]}
-            log(f"step {step + 1}/{config.steps} {time.perf_counter() - start:.0f}s "
-                + " ".join(f"{k}={v:.4f}" for k, v in mean.items()))
+            log(
+                f"step {step + 1}/{config.steps} {time.perf_counter() - start:.0f}s "
+                + " ".join(f"{k}={v:.4f}" for k, v in mean.items())
+            )
     model.eval()
     return history
 
 
 # ---------------------------------------------------------------- evaluation
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, frames: Iterable[Frame], mode: str = "full") -> dict:
@@ -215,13 +292,16 @@ def evaluate(model: nn.Module, frames: Iterable[Frame], mode: str = "full") -> d
         "mIoU": float(np.nanmean(iou)),
         "iou": {name: float(v) for name, v in zip(SEG_CLASSES, iou, strict=True)},
         "mAP": dets.mean_ap(),
-        "ap": {name: float(np.nanmean(row)) if np.isfinite(row).any() else float("nan")
-               for name, row in zip(CLASS_NAMES, ap, strict=True)},
+        "ap": {
+            name: float(np.nanmean(row)) if np.isfinite(row).any() else float("nan")
+            for name, row in zip(CLASS_NAMES, ap, strict=True)
+        },
         "num_gt": {name: int(n) for name, n in zip(CLASS_NAMES, dets.num_gt, strict=True)},
     }
 
 
 # ---------------------------------------------------------------- fine-tuning with frozen masks
+
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero every weight whose mask entry is False (masks: parameter name -> bool tensor, same shape)."""
@@ -235,15 +315,27 @@ def _check_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         if name not in params:
-            raise SparsefuseError(f"mask for unknown parameter {name!r}",
-                                  "key masks by model.named_parameters() names (e.g. from plan.json)")
+            raise SparsefuseError(
+                f"mask for unknown parameter {name!r}",
+                "key masks by model.named_parameters() names (e.g. from plan.json)",
+            )
         if tuple(mask.shape) != tuple(params[name].shape):
-            raise SparsefuseError(f"mask for {name!r} has shape {tuple(mask.shape)}, "
-                                  f"the weight has {tuple(params[name].shape)}", "build the mask from that weight")
+            raise SparsefuseError(
+                f"mask for {name!r} has shape {tuple(mask.shape)}, "
+                f"the weight has {tuple(params[name].shape)}",
+                "build the mask from that weight",
+            )
 
 
-def finetune(model: nn.Module, frames: list[Frame], masks: dict[str, torch.Tensor], steps: int,
-             lr: float = 5e-4, seed: int = 0, log: Callable[[str], None] | None = None) -> list[float]:
+def finetune(
+    model: nn.Module,
+    frames: list[Frame],
+    masks: dict[str, torch.Tensor],
+    steps: int,
+    lr: float = 5e-4,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[float]:
     """Recover a pruned model (MMPrune4U Algorithm 1, recovery step): Adam on the training loss,
     re-applying the frozen masks (True = keep) after every optimizer step, so pruned weights stay
     exactly zero. Frames are cycled in a seeded shuffled order. Returns the loss of each step.
@@ -277,6 +369,7 @@ def finetune(model: nn.Module, frames: list[Frame], masks: dict[str, torch.Tenso
 
 # ---------------------------------------------------------------- checkpoints
 
+
 def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write the model's parameters (not the rig-derived buffers) as safetensors, atomically."""
     from safetensors.torch import save_file
@@ -294,20 +387,26 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 
     path = Path(path)
     if not path.is_file():
-        raise SparsefuseError(f"checkpoint not found: {path}", "pass a .safetensors file written by sparsefuse train")
+        raise SparsefuseError(
+            f"checkpoint not found: {path}", "pass a .safetensors file written by sparsefuse train"
+        )
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise SparsefuseError(f"cannot read checkpoint {path}: {exc}", "it must be a safetensors file") from None
+        raise SparsefuseError(
+            f"cannot read checkpoint {path}: {exc}", "it must be a safetensors file"
+        ) from None
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
     bad = sorted(n for n in set(params) & set(tensors) if tuple(tensors[n].shape) != tuple(params[n].shape))
     if missing or unexpected or bad:
         raise SparsefuseError(
-            f"checkpoint {path} does not fit the model: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"checkpoint {path} does not fit the model: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, "
             f"{len(bad)} with another shape (e.g. {(missing + unexpected + bad)[0]})",
-            "load it into the preset it was trained for (see models/checkpoints/README.md)")
+            "load it into the preset it was trained for (see models/checkpoints/README.md)",
+        )
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name])

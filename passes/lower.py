@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import onnx
+
 from sparsefuse.passes.manager import PassContext
 from sparsefuse.plugins import onnx_ops
 from sparsefuse.plugins.common import DOMAIN

@@ -34,7 +34,7 @@ BUILD_HINT = (
 @dataclass(frozen=True)
 class SpconvTuning:
     """SparseConv3d knobs. epsilon / threshold: TorchSparse adaptive grouping (ε, S rows);
-    algo: "auto" | "gather_gemm_scatter" | "direct"; max_grid_cells: largest B*Z*Y*X input
+    algo: "auto" | "gather_gemm_scatter" | "implicit_gemm" | "direct"; max_grid_cells: largest B*Z*Y*X input
     grid mapped with a collision-free grid table instead of the hash table."""
 
     epsilon: float = 0.4
@@ -44,8 +44,22 @@ class SpconvTuning:
     direct_below_pairs: int = 4096  # auto: fetch-on-demand when M*K is below this
 
 
-_state: dict[str, object] = {"lib": None, "registered": False, "tuning": SpconvTuning()}
+ALGOS = ("auto", "gather_gemm_scatter", "implicit_gemm", "direct")
+_state: dict[str, object] = {"lib": None, "registered": False, "tuning": SpconvTuning(), "poison": False}
 _lock = threading.Lock()
+
+
+def set_poison(enabled: bool) -> None:
+    """Fill every output and workspace with NaN / INT32_MIN / 0xFF before launch (tests, debugging),
+    so that an element a kernel forgets to write cannot pass for a correct one."""
+    _state["poison"] = bool(enabled)
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if _state["poison"]:
+        t.fill_(float("nan") if dtype.is_floating_point else (255 if dtype == torch.uint8 else -(2**31)))
+    return t
 
 
 def tuning() -> SpconvTuning:
@@ -55,21 +69,20 @@ def tuning() -> SpconvTuning:
 def set_tuning(**changes: object) -> SpconvTuning:
     """Change SparseConv3d knobs (see SpconvTuning); returns the new setting."""
     new = replace(tuning(), **changes)
-    if new.algo not in ("auto", "gather_gemm_scatter", "direct"):
-        raise SparsefuseError(f"unknown sparse conv algo {new.algo!r}", "use auto, gather_gemm_scatter or direct")
+    if new.algo not in ALGOS:
+        raise SparsefuseError(f"unknown sparse conv algo {new.algo!r}", f"use one of {', '.join(ALGOS)}")
     _state["tuning"] = new
     return new
 
 
 def find_library(env: dict[str, str] | None = None) -> Path:
     """First existing candidate path; SparsefuseError listing the places searched otherwise."""
-    candidates = abi.candidate_paths(env)
-    for path in candidates:
+    explicit = (env if env is not None else os.environ).get(abi.LIB_ENV)
+    if explicit and not Path(explicit).is_file():  # an explicit choice is never silently replaced
+        raise SparsefuseError(f"${abi.LIB_ENV}={explicit} does not exist", BUILD_HINT)
+    for path in abi.candidate_paths(env):
         if path.is_file():
             return path
-    explicit = (env if env is not None else os.environ).get(abi.LIB_ENV)
-    if explicit:
-        raise SparsefuseError(f"${abi.LIB_ENV}={explicit} does not exist", BUILD_HINT)
     raise SparsefuseError("libsparsefuse_kernels.so not found (searched build/*/lib and the package dir)",
                           BUILD_HINT)
 
@@ -121,7 +134,7 @@ def _dtype_code(t: torch.Tensor, op: str) -> int:
 
 
 def _workspace(nbytes: int, device: torch.device) -> torch.Tensor:
-    return torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)
+    return _empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)
 
 
 def _size(fn, *args) -> int:
@@ -138,14 +151,16 @@ def voxelize_cuda(points, point_range, voxel_size, max_voxels):
     num_points, num_features = int(pts.shape[0]), int(pts.shape[1])
     z, y, x = grid_shape(point_range, voxel_size)
     capacity = min(int(max_voxels), num_points)
-    feats = torch.empty(capacity, num_features, dtype=torch.float32, device=dev)
-    coords = torch.empty(capacity, 4, dtype=torch.int32, device=dev)
-    num = torch.empty((), dtype=torch.int32, device=dev)
+    feats = _empty(capacity, num_features, dtype=torch.float32, device=dev)
+    coords = _empty(capacity, 4, dtype=torch.int32, device=dev)
+    num = _empty(dtype=torch.int32, device=dev)
     with torch.cuda.device(dev):
         ws = _workspace(_size(lib.sf_voxelize_workspace_size, num_points, z, y, x), dev)
-        check(lib.sf_voxelize(_ptr(pts), num_points, num_features, abi.float_array(point_range),
-                              abi.float_array(voxel_size), z, y, x, int(max_voxels), _ptr(feats), _ptr(coords),
-                              num.data_ptr(), capacity, ws.data_ptr(), ws.numel(), _stream(dev)), "sf_voxelize")
+        status = lib.sf_voxelize(
+            _ptr(pts), num_points, num_features, abi.float_array(point_range), abi.float_array(voxel_size),
+            z, y, x, int(max_voxels), _ptr(feats), _ptr(coords), num.data_ptr(), capacity, ws.data_ptr(),
+            ws.numel(), _stream(dev))
+        check(status, "sf_voxelize")
         count = int(num.item())
     return feats[:count].to(points.dtype), coords[:count], num
 
@@ -155,44 +170,47 @@ def scatter_dense_cuda(features, coords, spatial_shape, batch_size):
     feats = features.contiguous()
     z, y, x = (int(s) for s in spatial_shape)
     rows, channels = int(feats.shape[0]), int(feats.shape[1])
-    dense = torch.empty(batch_size, channels * z, y, x, dtype=feats.dtype, device=dev)
+    dense = _empty(batch_size, channels * z, y, x, dtype=feats.dtype, device=dev)
     with torch.cuda.device(dev):
-        check(lib.sf_scatter_dense(_dtype_code(feats, "ScatterDense"), _ptr(feats),
-                                   _ptr(coords.to(torch.int32).contiguous()), rows, channels, int(batch_size), z, y,
-                                   x, dense.data_ptr(), _stream(dev)), "sf_scatter_dense")
+        crd = coords.to(device=dev, dtype=torch.int32).contiguous()
+        status = lib.sf_scatter_dense(_dtype_code(feats, "ScatterDense"), _ptr(feats), _ptr(crd), rows,
+                                      channels, int(batch_size), z, y, x, dense.data_ptr(), _stream(dev))
+        check(status, "sf_scatter_dense")
     return dense
 
 
-def bev_pool_cuda(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, bev_shape):
+def bev_pool_cuda(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths,
+                  bev_shape):
     lib, dev = _lib(), feat.device
     feat_c = feat.contiguous()
-    depth_c = depth.to(feat.dtype).contiguous()  # the reference multiplies in feat's dtype
+    depth_c = depth.to(device=dev, dtype=feat.dtype).contiguous()  # the reference multiplies in feat's dtype
     batch, y, x = (int(s) for s in bev_shape)
     channels = int(feat_c.shape[-1])
-    bev = torch.empty(batch, channels, y, x, dtype=feat_c.dtype, device=dev)
-    idx = [t.to(torch.int32).contiguous() for t in (ranks_depth, ranks_feat, ranks_bev, interval_starts,
-                                                   interval_lengths)]
+    bev = _empty(batch, channels, y, x, dtype=feat_c.dtype, device=dev)
+    idx = [t.to(device=dev, dtype=torch.int32).contiguous()
+           for t in (ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)]
     with torch.cuda.device(dev):
-        check(lib.sf_bev_pool(_dtype_code(feat_c, "BEVPool"), _ptr(depth_c), _ptr(feat_c), *[_ptr(t) for t in idx],
-                              int(idx[3].numel()), channels, batch, y, x, bev.data_ptr(), _stream(dev)),
-              "sf_bev_pool")
+        status = lib.sf_bev_pool(_dtype_code(feat_c, "BEVPool"), _ptr(depth_c), _ptr(feat_c),
+                                 *[_ptr(t) for t in idx], int(idx[3].numel()), channels, batch, y, x,
+                                 bev.data_ptr(), _stream(dev))
+        check(status, "sf_bev_pool")
     return bev
 
 
-def sparse_conv3d_cuda(features, coords, weight, bias, spatial_shape, kernel_size, stride, padding, dilation, subm,
-                       activation):
+def sparse_conv3d_cuda(features, coords, weight, bias, spatial_shape, kernel_size, stride, padding, dilation,
+                       subm, activation):
     if activation not in abi.ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(abi.ACTIVATIONS)}, got {activation!r}")
     dev = features.device
     feats = features.contiguous()
     code = _dtype_code(feats, "SparseConv3d")
     c_out, c_in = int(weight.shape[0]), int(weight.shape[-1])
-    w = weight.to(feats.dtype).reshape(c_out, -1, c_in).contiguous()
-    b = None if bias is None else bias.to(feats.dtype).contiguous()
-    crd = coords.to(torch.int32).contiguous()
+    w = weight.to(device=dev, dtype=feats.dtype).reshape(c_out, -1, c_in).contiguous()
+    b = None if bias is None else bias.to(device=dev, dtype=feats.dtype).contiguous()
+    crd = coords.to(device=dev, dtype=torch.int32).contiguous()
     with torch.cuda.device(dev):
         out_coords, nbr = conv_kernel_map(crd, spatial_shape, kernel_size, stride, padding, dilation, subm)
-        out = torch.empty(out_coords.shape[0], c_out, dtype=feats.dtype, device=dev)
+        out = _empty(out_coords.shape[0], c_out, dtype=feats.dtype, device=dev)
         conv_apply(code, feats, w, b, nbr, bool(subm), abi.ACTIVATIONS[activation], out)
     return out, out_coords
 
@@ -204,24 +222,27 @@ def conv_kernel_map(coords, spatial_shape, kernel_size, stride, padding, dilatio
     batches = int(coords[:, 0].max().item()) + 1 if n else 1
     g = abi.geometry(spatial_shape, kernel_size, stride, padding, dilation, subm, batches)
     check(lib.sf_spconv_out_shape(ctypes.byref(g)), "sf_spconv_out_shape")
-    assert list(g.out_shape) == output_spatial_shape(spatial_shape, kernel_size, stride, padding, dilation, subm)
+    expected = output_spatial_shape(spatial_shape, kernel_size, stride, padding, dilation, subm)
+    assert list(g.out_shape) == expected, (list(g.out_shape), expected)
     volume = int(kernel_size[0]) * int(kernel_size[1]) * int(kernel_size[2])
     if subm:
         out_coords = coords.clone()
     else:
         capacity = n * volume
-        buf = torch.empty(max(capacity, 1), 4, dtype=torch.int32, device=dev)
-        num = torch.zeros((), dtype=torch.int32, device=dev)
+        buf = _empty(max(capacity, 1), 4, dtype=torch.int32, device=dev)
+        num = _empty(dtype=torch.int32, device=dev)
         ws = _workspace(_size(lib.sf_spconv_sites_workspace_size, ctypes.byref(g), n), dev)
-        check(lib.sf_spconv_out_sites(ctypes.byref(g), _ptr(coords), n, buf.data_ptr(), capacity, num.data_ptr(),
-                                      ws.data_ptr(), ws.numel(), st), "sf_spconv_out_sites")
+        status = lib.sf_spconv_out_sites(ctypes.byref(g), _ptr(coords), n, buf.data_ptr(), capacity,
+                                         num.data_ptr(), ws.data_ptr(), ws.numel(), st)
+        check(status, "sf_spconv_out_sites")
         out_coords = buf[: int(num.item())].clone()
     m = int(out_coords.shape[0])
-    nbr = torch.empty(m, volume, dtype=torch.int32, device=dev)
+    nbr = _empty(m, volume, dtype=torch.int32, device=dev)
     cells = tuning().max_grid_cells
     ws = _workspace(_size(lib.sf_spconv_map_workspace_size, ctypes.byref(g), n, cells), dev)
-    check(lib.sf_spconv_kernel_map(ctypes.byref(g), _ptr(coords), n, _ptr(out_coords), m, None, _ptr(nbr), cells,
-                                   ws.data_ptr(), ws.numel(), st), "sf_spconv_kernel_map")
+    status = lib.sf_spconv_kernel_map(ctypes.byref(g), _ptr(coords), n, _ptr(out_coords), m, None, _ptr(nbr),
+                                      cells, ws.data_ptr(), ws.numel(), st)
+    check(status, "sf_spconv_kernel_map")
     return out_coords, nbr
 
 
@@ -230,7 +251,7 @@ def conv_plan(nbr: torch.Tensor, subm: bool) -> tuple[abi.ConvPlan, torch.Tensor
     lib, dev = _lib(), nbr.device
     m, volume = int(nbr.shape[0]), int(nbr.shape[1])
     center = volume // 2 if subm else -1
-    plan, sidx = abi.ConvPlan(), torch.empty(m, volume, dtype=torch.int32, device=dev)
+    plan, sidx = abi.ConvPlan(), _empty(m, volume, dtype=torch.int32, device=dev)
     ws = _workspace(_size(lib.sf_spconv_plan_workspace_size, m, volume), dev)
     t = tuning()
     check(lib.sf_spconv_plan(_ptr(nbr), m, volume, center, float(t.epsilon), int(t.threshold), _ptr(sidx),
@@ -239,7 +260,7 @@ def conv_plan(nbr: torch.Tensor, subm: bool) -> tuple[abi.ConvPlan, torch.Tensor
 
 
 def conv_apply(code: int, feats, w, b, nbr, subm: bool, act: int, out: torch.Tensor) -> None:
-    """Fill out[M, Cout] by gather-GEMM-scatter or fetch-on-demand (tuning().algo)."""
+    """Fill out[M, Cout] by gather-GEMM-scatter, implicit GEMM or fetch-on-demand (tuning().algo)."""
     lib, dev = _lib(), feats.device
     m, volume = int(nbr.shape[0]), int(nbr.shape[1])
     c_out, c_in = int(w.shape[0]), int(w.shape[-1])
@@ -248,16 +269,23 @@ def conv_apply(code: int, feats, w, b, nbr, subm: bool, act: int, out: torch.Ten
     t = tuning()
     direct = t.algo == "direct" or (t.algo == "auto" and m * volume < t.direct_below_pairs)
     if direct or feats.shape[0] == 0:
-        check(lib.sf_spconv_direct(code, _ptr(feats), c_in, _ptr(w), _ptr(b), c_out, _ptr(nbr), m, volume, act,
-                                   out.data_ptr(), _stream(dev)), "sf_spconv_direct")
+        status = lib.sf_spconv_direct(code, _ptr(feats), c_in, _ptr(w), _ptr(b), c_out, _ptr(nbr), m, volume,
+                                      act, out.data_ptr(), _stream(dev))
+        check(status, "sf_spconv_direct")
+        return
+    if t.algo == "implicit_gemm":
+        status = lib.sf_spconv_implicit(code, _ptr(feats), c_in, _ptr(w), _ptr(b), c_out, _ptr(nbr), m,
+                                        volume, act, out.data_ptr(), _stream(dev))
+        check(status, "sf_spconv_implicit")
         return
     plan, sidx = conv_plan(nbr, subm)
-    gathered = torch.empty(plan.total_gathered, c_in, dtype=feats.dtype, device=dev)
+    gathered = _empty(plan.total_gathered, c_in, dtype=feats.dtype, device=dev)
     partial_rows = plan.total_gathered + (m if plan.center >= 0 else 0)
-    partial = torch.empty(partial_rows, c_out, dtype=feats.dtype, device=dev)
-    check(lib.sf_spconv_apply(code, ctypes.byref(plan), _ptr(feats), int(feats.shape[0]), c_in, _ptr(w), _ptr(b),
-                              c_out, _ptr(nbr), _ptr(sidx), act, _ptr(gathered), _ptr(partial), out.data_ptr(),
-                              _stream(dev)), "sf_spconv_apply")
+    partial = _empty(partial_rows, c_out, dtype=feats.dtype, device=dev)
+    status = lib.sf_spconv_apply(code, ctypes.byref(plan), _ptr(feats), int(feats.shape[0]), c_in, _ptr(w),
+                                 _ptr(b), c_out, _ptr(nbr), _ptr(sidx), act, _ptr(gathered), _ptr(partial),
+                                 out.data_ptr(), _stream(dev))
+    check(status, "sf_spconv_apply")
 
 
 OPS = {

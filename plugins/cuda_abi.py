@@ -66,9 +66,8 @@ class ConvPlan(ctypes.Structure):
 
     def groups(self) -> list[tuple[int, int, bool]]:
         """(first offset, number of offsets, batched) per group."""
-        return [
-            (self.group_first[g], self.group_size[g], bool(self.group_batched[g])) for g in range(self.num_groups)
-        ]
+        return [(self.group_first[g], self.group_size[g], bool(self.group_batched[g]))
+                for g in range(self.num_groups)]
 
 
 _P = ctypes.c_void_p
@@ -88,8 +87,8 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
                                    _I64, _I64, _P, _P]),
     "sf_scatter_dense": (ctypes.c_int, [ctypes.c_int, _P, _I32P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P]),
     "sf_voxelize_workspace_size": (ctypes.c_int, [_I64, _I64, _I64, _I64, _SZP]),
-    "sf_voxelize": (ctypes.c_int, [_P, _I64, _I64, _F32A, _F32A, _I64, _I64, _I64, _I64, _P, _I32P, _I32P, _I64,
-                                   _P, _SZ, _P]),
+    "sf_voxelize": (ctypes.c_int, [_P, _I64, _I64, _F32A, _F32A, _I64, _I64, _I64, _I64, _P, _I32P, _I32P,
+                                   _I64, _P, _SZ, _P]),
     "sf_spconv_out_shape": (ctypes.c_int, [_GEOM]),
     "sf_spconv_group_offsets": (ctypes.c_int, [ctypes.POINTER(_I64), _I32, _I32, ctypes.c_double, _I64, _I32,
                                                _PLAN]),
@@ -97,12 +96,17 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "sf_spconv_out_sites": (ctypes.c_int, [_GEOM, _I32P, _I64, _I32P, _I64, _I32P, _P, _SZ, _P]),
     "sf_spconv_table_kind": (ctypes.c_int, [_GEOM, _I64]),
     "sf_spconv_map_workspace_size": (ctypes.c_int, [_GEOM, _I64, _I64, _SZP]),
-    "sf_spconv_kernel_map": (ctypes.c_int, [_GEOM, _I32P, _I64, _I32P, _I64, _I32P, _I32P, _I64, _P, _SZ, _P]),
+    "sf_spconv_kernel_map": (ctypes.c_int, [_GEOM, _I32P, _I64, _I32P, _I64, _I32P, _I32P, _I64, _P, _SZ,
+                                            _P]),
     "sf_spconv_plan_workspace_size": (ctypes.c_int, [_I64, _I32, _SZP]),
-    "sf_spconv_plan": (ctypes.c_int, [_I32P, _I64, _I32, _I32, ctypes.c_double, _I64, _I32P, _PLAN, _P, _SZ, _P]),
-    "sf_spconv_apply": (ctypes.c_int, [ctypes.c_int, _PLAN, _P, _I64, _I64, _P, _P, _I64, _I32P, _I32P, _I32, _P,
-                                       _P, _P, _P]),
-    "sf_spconv_direct": (ctypes.c_int, [ctypes.c_int, _P, _I64, _P, _P, _I64, _I32P, _I64, _I32, _I32, _P, _P]),
+    "sf_spconv_plan": (ctypes.c_int, [_I32P, _I64, _I32, _I32, ctypes.c_double, _I64, _I32P, _PLAN, _P, _SZ,
+                                      _P]),
+    "sf_spconv_apply": (ctypes.c_int, [ctypes.c_int, _PLAN, _P, _I64, _I64, _P, _P, _I64, _I32P, _I32P, _I32,
+                                       _P, _P, _P, _P]),
+    "sf_spconv_implicit": (ctypes.c_int, [ctypes.c_int, _P, _I64, _P, _P, _I64, _I32P, _I64, _I32, _I32, _P,
+                                          _P]),
+    "sf_spconv_direct": (ctypes.c_int, [ctypes.c_int, _P, _I64, _P, _P, _I64, _I32P, _I64, _I32, _I32, _P,
+                                        _P]),
 }
 
 
@@ -120,7 +124,8 @@ def float_array(values: list[float] | tuple[float, ...]) -> ctypes.Array:
     return (ctypes.c_float * len(values))(*[float(v) for v in values])
 
 
-def geometry(spatial_shape, kernel_size, stride, padding, dilation, subm: bool, num_batches: int) -> ConvGeometry:
+def geometry(spatial_shape, kernel_size, stride, padding, dilation, subm: bool,
+             num_batches: int) -> ConvGeometry:
     """SfConvGeometry from the op's attributes (out_shape left for sf_spconv_out_shape)."""
     g = ConvGeometry()
     for name, values in (("spatial_shape", spatial_shape), ("kernel_size", kernel_size), ("stride", stride),

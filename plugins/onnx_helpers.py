@@ -5,7 +5,7 @@ Each op's schema.py / function.py / export.py uses these; plugins/onnx_ops.py is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -43,6 +43,54 @@ class AttrSpec:
         return OpSchema.Attribute(self.name, helper.make_attribute(self.name, self.default), self.doc)
 
 
+Dim = int | str | None  # static size, symbolic name, or unknown
+OutputType = tuple[int, list[Dim] | None]  # (TensorProto elem type, dims or None for unknown rank)
+
+
+class ShapeContext:
+    """What an output-type rule sees of a node: input element types and dims, attribute values."""
+
+    def __init__(self, ctx, spec: OpSpec) -> None:
+        self._ctx = ctx
+        self._spec = spec
+        self._index = {name: i for i, (name, _) in enumerate(spec.inputs)}
+
+    def elem(self, name: str) -> int:
+        i = self._index[name]
+        if i >= self._ctx.get_num_inputs() or not self._ctx.has_input(i):
+            return TensorProto.UNDEFINED
+        return self._ctx.get_input_type(i).tensor_type.elem_type
+
+    def dims(self, name: str) -> list[Dim] | None:
+        i = self._index[name]
+        if i >= self._ctx.get_num_inputs() or not self._ctx.has_input(i):
+            return None
+        tensor_type = self._ctx.get_input_type(i).tensor_type
+        if not tensor_type.HasField("shape"):
+            return None
+        return [
+            d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None
+            for d in tensor_type.shape.dim
+        ]
+
+    def dim(self, name: str, axis: int) -> Dim:
+        dims = self.dims(name)
+        return None if dims is None or len(dims) <= abs(axis) - (axis < 0) else dims[axis]
+
+    def attr(self, name: str) -> object:
+        proto = self._ctx.get_attribute(name)
+        return self._spec.attribute(name).default if proto is None else helper.get_attribute_value(proto)
+
+
+def _inference_function(spec: OpSpec) -> Callable:
+    def infer(ctx) -> None:
+        for i, (elem, dims) in enumerate(spec.infer(ShapeContext(ctx, spec))):
+            if i < ctx.get_num_outputs() and ctx.has_output(i) and elem != TensorProto.UNDEFINED:
+                ctx.set_output_type(i, helper.make_tensor_type_proto(elem, dims))
+
+    return infer
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """Everything an ONNX schema of one of our ops says: (name, type string) per input/output."""
@@ -53,6 +101,9 @@ class OpSpec:
     outputs: Sequence[tuple[str, str]]
     attributes: Sequence[AttrSpec]
     optional_inputs: frozenset[str] = field(default_factory=frozenset)
+    # Output types and shapes from the inputs; without it, a registered schema would hide the
+    # model-local function from ONNX shape inference and leave our outputs untyped.
+    infer: Callable[[ShapeContext], list[OutputType]] | None = None
 
     def to_schema(self) -> OpSchema:
         def param(name: str, type_str: str) -> OpSchema.FormalParameter:
@@ -63,7 +114,7 @@ class OpSpec:
             )
             return OpSchema.FormalParameter(name, type_str, "", param_option=option)
 
-        return OpSchema(
+        schema = OpSchema(
             self.op_type,
             DOMAIN,
             OPSET_VERSION,
@@ -73,6 +124,9 @@ class OpSpec:
             type_constraints=[("T", FLOAT_TYPES, "feature element type")],
             attributes=[a.to_schema() for a in self.attributes],
         )
+        if self.infer is not None:
+            schema.set_type_and_shape_inference_function(_inference_function(self))
+        return schema
 
     def attribute(self, name: str) -> AttrSpec:
         return next(a for a in self.attributes if a.name == name)

@@ -131,6 +131,8 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
             hint=f"known op types: {sorted(OPS)}",
         )
     out = strip_functions(model)
+    if used:
+        _set_opset(out, DOMAIN, OPSET_VERSION)
     opset = _default_opset(out)
     if opset is None:
         _set_opset(out, "", MIN_BODY_OPSET)
@@ -139,7 +141,6 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         out = _upgrade(out, opset)
         opset = MIN_BODY_OPSET
     if used:
-        _set_opset(out, DOMAIN, OPSET_VERSION)
         out.functions.extend(function_protos(opset, used))
     out.ir_version = max(out.ir_version, MIN_IR_VERSION)
     return out
@@ -189,7 +190,9 @@ def single_node_model(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=MIN_IR_VERSION)
     )
     # Output types and ranks from ONNX shape inference through the function body.
-    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.value_info}
+    # (onnx puts them in value_info or, sometimes, straight into graph.output.)
+    graph = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    inferred = {v.name: v for v in [*graph.value_info, *graph.output] if v.type.HasField("tensor_type")}
     for out in model.graph.output:
         out.CopyFrom(inferred[out.name])
     return model

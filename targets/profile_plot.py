@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sparsefuse.atomic import atomic_path
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ def plot_profile(profile: Profile, out_png: str | os.PathLike[str]) -> None:
     label = profile.label.upper()
     if profile.samples_ms:
         ax_hist.hist(profile.samples_ms, bins=min(40, max(5, len(profile.samples_ms) // 3)), color="#4c72b0")
-        median = sorted(profile.samples_ms)[len(profile.samples_ms) // 2]
+        median = float(np.median(profile.samples_ms))
         ax_hist.axvline(median, color="k", linestyle="--", label=f"median {median:.2f} ms")
         ax_hist.legend()
         ax_hist.set_xlabel("end-to-end latency [ms]")
@@ -33,7 +35,8 @@ def plot_profile(profile: Profile, out_png: str | os.PathLike[str]) -> None:
         ax_hist.set_axis_off()
     ax_hist.set_title(f"{label}: {profile.target} ({profile.backend})")
     names = list(modules)
-    ax_bar.barh(names, [modules[n] for n in names], color="#dd8452")
+    bars = ax_bar.barh(names, [modules[n] for n in names], color="#dd8452")
+    ax_bar.bar_label(bars, labels=[f"{modules[n]:.3g}" for n in names], fontsize=8, padding=2)
     ax_bar.invert_yaxis()
     ax_bar.set_xlabel("time per inference [ms]")
     ax_bar.set_title(f"{label}: per module")

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from sparsefuse.targets.modules import MODULES, module_of
 
 from sparsefuse.atomic import write_json
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.targets.modules import MODULES, module_of
 
 SCHEMA_VERSION = 1
 LABELS = ("measured", "estimated")

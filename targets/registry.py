@@ -10,6 +10,8 @@ GB/s, ``memory_gb`` in GB, ``tdp_w`` and power-mode budgets in W.
 
 from __future__ import annotations
 
+import functools
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -236,6 +238,7 @@ def load_target_file(path: str | Path) -> Target:
     return target_from_dict(raw, where=str(path))
 
 
+@functools.cache
 def _builtin() -> dict[str, Target]:
     targets = {}
     for path in sorted(REGISTRY_DIR.glob("*.toml")):

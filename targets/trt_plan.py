@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparsefuse.targets.registry import Target
-
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.targets.registry import Target
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PLUGIN_LIBRARY_NAME = "libsparsefuse_trt_plugins.so"
@@ -59,8 +58,9 @@ class TrtOptions:
     shape_ranges: explicit profiles; override dynamic_dims for the inputs they name.
     workspace_mib: builder workspace pool limit [MiB] (default: the target's workspace_mib).
     plugin_library: path of libsparsefuse_trt_plugins.so as seen on the target.
-    plugin_loading: "dynamic" (IPluginRegistry.loadLibrary / --dynamicPlugins, TensorRT >= 10)
-        or "static" (dlopen / --staticPlugins, or --plugins before TensorRT 10).
+    plugin_loading: "static" (default: dlopen, the library self-registers; --staticPlugins, or
+        --plugins before TensorRT 10) or "dynamic" (IPluginRegistry.loadLibrary via the library's
+        getCreators; --dynamicPlugins, TensorRT >= 10).
     """
 
     precision: str = "fp16"
@@ -253,7 +253,9 @@ def make_plan(
         warnings.append(
             f"TensorRT {target.tensorrt} predates IPluginV3 (TensorRT 10): sparsefuse plugins will not load"
         )
-    loading = options.plugin_loading or ("dynamic" if features["trtexec_dynamic_plugins"] else "static")
+    # libsparsefuse_trt_plugins.so registers its creators at dlopen (REGISTER_TENSORRT_PLUGIN), so
+    # static loading is the default; loading it dynamically as well would register them twice.
+    loading = options.plugin_loading or "static"
     if loading == "dynamic" and not features["trtexec_dynamic_plugins"]:
         raise SparsefuseError(
             f"dynamic plugin loading needs TensorRT 10; target '{target.tag}' has {target.tensorrt}",

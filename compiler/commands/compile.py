@@ -76,6 +76,11 @@ class RichProgress:
     def summary(self, result: Any) -> None:
         verdict = "[green]verified[/]" if result.verify_passed else "[red]verify FAILED[/] (see verify.json)"
         self.console.print(f"{verdict}: artifacts in {result.out} ({result.wall_s:.1f} s)")
+        if not result.verify_passed:
+            verify = [r for r in result.stages if r.name == "verify"]
+            command = verify[0].details.get("polygraphy_command") if verify else None
+            if command:
+                self.console.print(f"reproduce: cd {result.out} && {command}", markup=False, soft_wrap=True)
 
     def _task(self, name: str) -> Any:
         if name not in self.tasks:  # stages added later show up without touching this file

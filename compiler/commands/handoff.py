@@ -11,16 +11,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "handoff",
         help="package a compile for vehicle integration (bundle dir + deterministic tar.gz)",
         description="Bundle the lowered ONNX, plugin sources and CMake recipe, engine scripts, sparsity "
-                    "plan, golden frames with tolerances, latency budget and profile, README and a "
-                    "manifest with SHA-256 of every file; optionally signed with ed25519.",
+        "plan, golden frames with tolerances, latency budget and profile, README and a "
+        "manifest with SHA-256 of every file; optionally signed with ed25519.",
     )
     p.add_argument("out", type=Path, help="compile directory (OUT of `sparsefuse compile`)")
     p.add_argument("--target", required=True, help="target tag, e.g. jetson/agx-orin-64gb")
-    p.add_argument("--out", dest="bundle_dir", type=Path, default=None,
-                   help="bundle directory (default OUT/handoff/<target>); BUNDLE.tar.gz is written beside it")
-    p.add_argument("--sign-key", type=Path, default=None,
-                   help="ed25519 private key (PEM; `openssl genpkey -algorithm ed25519 -out key.pem`)")
-    p.add_argument("--latency-budget-ms", type=float, default=None, help="latency budget recorded in the bundle")
+    p.add_argument(
+        "--out",
+        dest="bundle_dir",
+        type=Path,
+        default=None,
+        help="bundle directory (default OUT/handoff/<target>); BUNDLE.tar.gz is written beside it",
+    )
+    p.add_argument(
+        "--sign-key",
+        type=Path,
+        default=None,
+        help="ed25519 private key (PEM; `openssl genpkey -algorithm ed25519 -out key.pem`)",
+    )
+    p.add_argument(
+        "--latency-budget-ms", type=float, default=None, help="latency budget recorded in the bundle"
+    )
     p.add_argument("--golden-frames", type=int, default=2, help="golden frames to ship (default 2)")
     p.set_defaults(func=run)
 
@@ -33,10 +44,19 @@ def run(args: argparse.Namespace) -> int:
         raise SparsefuseError(f"--golden-frames {args.golden_frames} is outside [1, 16]", "the default is 2")
     if args.latency_budget_ms is not None and args.latency_budget_ms <= 0:
         raise SparsefuseError(f"--latency-budget-ms {args.latency_budget_ms} is not positive", "e.g. 50")
-    result = make_bundle(HandoffOptions(out=args.out, target=args.target, bundle_dir=args.bundle_dir,
-                                        sign_key=args.sign_key, latency_budget_ms=args.latency_budget_ms,
-                                        golden_frames=args.golden_frames))
-    print(f"bundle: {result.bundle_dir} ({len(result.manifest['files'])} files"
-          f"{', signed' if result.signed else ''})")
+    result = make_bundle(
+        HandoffOptions(
+            out=args.out,
+            target=args.target,
+            bundle_dir=args.bundle_dir,
+            sign_key=args.sign_key,
+            latency_budget_ms=args.latency_budget_ms,
+            golden_frames=args.golden_frames,
+        )
+    )
+    print(
+        f"bundle: {result.bundle_dir} ({len(result.manifest['files'])} files"
+        f"{', signed' if result.signed else ''})"
+    )
     print(f"archive: {result.archive}")
     return 0

@@ -10,12 +10,19 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("prune", help="allocate and apply layer-wise sparsity (plan.json, curves, plots)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "prune",
+        help="allocate and apply layer-wise sparsity (plan.json, curves, plots)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="reference model preset, e.g. bevfusion-tiny")
     p.add_argument("--checkpoint", help="safetensors weights for the model (default: seeded init)")
-    p.add_argument("--budget", default="params=0.5",
-                   help="params=F | flops=F | latency=<table.json>[@F]: fraction F of the dense cost kept")
+    p.add_argument(
+        "--budget",
+        default="params=0.5",
+        help="params=F | flops=F | latency=<table.json>[@F]: fraction F of the dense cost kept",
+    )
     p.add_argument("--allocator", default="mmprune4u", help="mmprune4u|rdprune|lamp|uniform|global|erk")
     p.add_argument("--pattern", default="unstructured", help="unstructured|2:4|channel")
     p.add_argument("--calib", type=int, default=8, help="calibration frames")
@@ -42,9 +49,19 @@ def run(args: argparse.Namespace) -> int:
     from sparsefuse.passes.sparsity.stage import run_sparsity_stage
 
     config = config_from_options(
-        args.budget, allocator=args.allocator, pattern=args.pattern, calib=args.calib, levels=args.levels,
-        beta=args.beta, modality_weights=args.modality_weights, worst_case=args.worst_case,
-        synthetic=args.synthetic, nm_policy=args.nm_policy, permute=args.permute, seed=args.seed)
+        args.budget,
+        allocator=args.allocator,
+        pattern=args.pattern,
+        calib=args.calib,
+        levels=args.levels,
+        beta=args.beta,
+        modality_weights=args.modality_weights,
+        worst_case=args.worst_case,
+        synthetic=args.synthetic,
+        nm_policy=args.nm_policy,
+        permute=args.permute,
+        seed=args.seed,
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     model, frames = _load(args, config.calib)
@@ -52,11 +69,15 @@ def run(args: argparse.Namespace) -> int:
     _, _, plan = run_sparsity_stage(model, None, config, out_dir, frames)
     counts = plan.forward_counts
     print(f"sparsity plan: {out_dir / 'plan.json'}")
-    print(f"  {plan.allocator} / {plan.pattern}: {plan.budget_kind} kept {plan.achieved_fraction:.4f} "
-          f"(budget {plan.budget_fraction:g}), parameter sparsity {plan.achieved_sparsity:.4f}")
+    print(
+        f"  {plan.allocator} / {plan.pattern}: {plan.budget_kind} kept {plan.achieved_fraction:.4f} "
+        f"(budget {plan.budget_fraction:g}), parameter sparsity {plan.achieved_sparsity:.4f}"
+    )
     if counts:
-        print(f"  sensitivity: {counts['equivalent_full_forwards']:.1f} equivalent full forwards "
-              f"(naive {counts['naive_full_forwards']:.0f}), {plan.sensitivity_seconds:.1f} s")
+        print(
+            f"  sensitivity: {counts['equivalent_full_forwards']:.1f} equivalent full forwards "
+            f"(naive {counts['naive_full_forwards']:.0f}), {plan.sensitivity_seconds:.1f} s"
+        )
     return 0
 
 
@@ -74,7 +95,9 @@ def _load(args: argparse.Namespace, count: int):
         try:
             model.load_state_dict(load_file(args.checkpoint))
         except (OSError, RuntimeError) as exc:
-            raise SparsefuseError(f"cannot load checkpoint {args.checkpoint}: {exc}",
-                                  "give a safetensors file saved from this preset") from None
+            raise SparsefuseError(
+                f"cannot load checkpoint {args.checkpoint}: {exc}",
+                "give a safetensors file saved from this preset",
+            ) from None
     frames = [random_frame(preset, args.seed * 1000 + i, args.num_points) for i in range(count)]
     return model.eval(), frames

@@ -19,9 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Verify a bundle directory or .tar.gz made by `sparsefuse handoff`.",
     )
     p.add_argument("bundle", type=Path, help="bundle directory or .tar.gz")
-    p.add_argument("--public-key", type=Path, default=None, help="ed25519 public key (PEM) to check manifest.sig")
-    p.add_argument("--run", action="store_true",
-                   help="run the golden inputs on the available backend (ONNX Runtime CPU here)")
+    p.add_argument(
+        "--public-key", type=Path, default=None, help="ed25519 public key (PEM) to check manifest.sig"
+    )
+    p.add_argument(
+        "--run",
+        action="store_true",
+        help="run the golden inputs on the available backend (ONNX Runtime CPU here)",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,15 +46,19 @@ def compatibility(root: Path, manifest: dict[str, Any]) -> tuple[list[str], list
     unbound = [op for op in custom if op not in local]
     notes.append(f"onnxruntime {ort.__version__}; model IR {model.ir_version}, opsets {opsets}")
     if unbound:
-        notes.append(f"custom ops {', '.join(unbound)} bind to the sparsefuse TensorRT plugins; the CPU check "
-                     "attaches their ONNX function bodies")
+        notes.append(
+            f"custom ops {', '.join(unbound)} bind to the sparsefuse TensorRT plugins; the CPU check "
+            "attaches their ONNX function bodies"
+        )
     info = manifest.get("target_info", {})
     if info.get("backend") == "tensorrt":
         trt = _tensorrt_version()
         want = str(info.get("tensorrt") or "")
         if trt is None:
-            notes.append(f"TensorRT not found here: build the engine on the target (TensorRT {want}) with "
-                         "engine/build_engine.sh")
+            notes.append(
+                f"TensorRT not found here: build the engine on the target (TensorRT {want}) with "
+                f"{manifest.get('engine_dir', 'engine')}/build_engine.sh"
+            )
         elif trt.split(".")[:2] != want.split(".")[:2]:
             problems.append(f"TensorRT {trt} here, the target {manifest.get('target')} expects {want}")
         else:
@@ -68,37 +77,55 @@ def _tensorrt_version() -> str | None:
     return None
 
 
-def golden_run(root: Path, manifest: dict[str, Any]) -> list[str]:
-    """Run every golden frame through ORT CPU; returns failure lines (empty when all pass)."""
-    import numpy as np
+def _session(root: Path, rel: str, optimized: bool) -> Any:
     import onnxruntime as ort
 
-    from sparsefuse.compiler.regress.accuracy import check_outputs, tolerance_from_json
     from sparsefuse.compiler.regress.measure import load_cpu_model
-    from sparsefuse.compiler.regress.samples import read_json
 
-    model = load_cpu_model(root / manifest["model"])
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
+    if optimized:  # ORT's saved optimized model: optimizing it again is not what ships
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    model = load_cpu_model(root / rel)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def golden_run(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """Run every golden frame through ORT CPU: the lowered model, and for ONNX Runtime targets
+    also the backend's optimized model that ships. Returns failure lines (empty: all pass)."""
+    import numpy as np
+
+    from sparsefuse.compiler.regress.accuracy import check_outputs, tolerance_from_json
+    from sparsefuse.compiler.regress.samples import read_json
+
+    models = [(manifest["model"], False)]
+    if manifest.get("target_info", {}).get("backend") == "onnxruntime":
+        models += [(f, True) for f in manifest.get("engine_files", []) if f.endswith(".onnx")]
     tol_doc = read_json(root / "golden" / "tolerances.json", "tolerances")
     tolerances = {k: tolerance_from_json(v) for k, v in tol_doc.get("fp32", {}).items()}
     failures, frames = [], int(manifest.get("golden_frames", 0))
     if frames < 1:
         return ["bundle lists no golden frames"]
-    for i in range(frames):
-        with np.load(root / "golden" / f"inputs_{i}.npz") as data:
-            feeds = {k: data[k] for k in data.files}
-        with np.load(root / "golden" / f"outputs_{i}.npz") as data:
-            golden = {k: data[k] for k in data.files}
-        got = dict(zip(names, session.run(None, feeds), strict=True))
-        for check in check_outputs(got, golden, tolerances):
-            status = "ok" if check.passed else "FAIL"
-            print(f"  frame {i} {check.name}: max abs err {check.max_abs_err:.3g} <= {check.allowed:.3g} {status}")
-            if not check.passed:
-                failures.append(f"frame {i} output {check.name}: {check.message} "
-                                f"(max abs err {check.max_abs_err:.3g}, allowed {check.allowed:.3g})")
+    for rel, optimized in models:
+        session = _session(root, rel, optimized)
+        names = [o.name for o in session.get_outputs()]
+        for i in range(frames):
+            with np.load(root / "golden" / f"inputs_{i}.npz") as data:
+                feeds = {k: data[k] for k in data.files}
+            with np.load(root / "golden" / f"outputs_{i}.npz") as data:
+                golden = {k: data[k] for k in data.files}
+            got = dict(zip(names, session.run(None, feeds), strict=True))
+            for check in check_outputs(got, golden, tolerances):
+                status = "ok" if check.passed else "FAIL"
+                print(
+                    f"  {rel} frame {i} {check.name}: max abs err {check.max_abs_err:.3g} "
+                    f"<= {check.allowed:.3g} {status}"
+                )
+                if not check.passed:
+                    failures.append(
+                        f"{rel} frame {i} output {check.name}: {check.message} "
+                        f"(max abs err {check.max_abs_err:.3g}, allowed {check.allowed:.3g})"
+                    )
     return failures
 
 

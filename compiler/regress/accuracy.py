@@ -35,8 +35,9 @@ def default_tolerance(dtype: np.dtype, precision: str = "fp32") -> Tolerance:
 
 
 def tolerance_from_json(doc: Mapping[str, object]) -> Tolerance:
-    return Tolerance(float(doc.get("rtol_of_max", 0.0)), float(doc.get("atol", 0.0)),
-                     bool(doc.get("exact", False)))
+    return Tolerance(
+        float(doc.get("rtol_of_max", 0.0)), float(doc.get("atol", 0.0)), bool(doc.get("exact", False))
+    )
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class OutputCheck:
 def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) -> OutputCheck:
     got, ref = np.asarray(got), np.asarray(ref)
     if got.shape != ref.shape:
-        return OutputCheck(name, False, float("inf"), 0.0, f"shape {list(got.shape)} != golden {list(ref.shape)}")
+        return OutputCheck(
+            name, False, float("inf"), 0.0, f"shape {list(got.shape)} != golden {list(ref.shape)}"
+        )
     if ref.size == 0:
         return OutputCheck(name, True, 0.0, 0.0)
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
@@ -64,8 +67,12 @@ def check_output(name: str, got: np.ndarray, ref: np.ndarray, tol: Tolerance) ->
     return OutputCheck(name, err <= allowed, err, allowed, "" if err <= allowed else "exceeds tolerance")
 
 
-def check_outputs(got: Mapping[str, np.ndarray], golden: Mapping[str, np.ndarray],
-                  tolerances: Mapping[str, Tolerance] | None = None, precision: str = "fp32") -> list[OutputCheck]:
+def check_outputs(
+    got: Mapping[str, np.ndarray],
+    golden: Mapping[str, np.ndarray],
+    tolerances: Mapping[str, Tolerance] | None = None,
+    precision: str = "fp32",
+) -> list[OutputCheck]:
     """One check per golden output; an output missing from ``got`` fails."""
     checks = []
     for name in golden:
@@ -89,4 +96,6 @@ class MetricCheck:
 
 def check_metric(name: str, value: float, reference: float, tolerance: float) -> MetricCheck:
     """mmdeploy's regression rule: reference − tol ≤ value ≤ reference + tol."""
-    return MetricCheck(name, value, reference, tolerance, reference - tolerance <= value <= reference + tolerance)
+    return MetricCheck(
+        name, value, reference, tolerance, reference - tolerance <= value <= reference + tolerance
+    )

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sparsefuse.compiler.regress.samples import LatencySamples, read_json, samples_from_json
-
 from sparsefuse.atomic import write_json
+from sparsefuse.compiler.regress.samples import LatencySamples, read_json, samples_from_json
 from sparsefuse.errors import SparsefuseError
 
 BASELINE_SCHEMA_VERSION = 1
@@ -45,14 +44,18 @@ class BaselineKey:
 
     def describe(self) -> str:
         shapes = ", ".join(f"{n}{list(s)}" for n, s in self.input_shapes)
-        return (f"model {self.model_hash[:12]}, target {self.target}, {self.backend} {self.backend_version}, "
-                f"{self.precision}, inputs {shapes}")
+        return (
+            f"model {self.model_hash[:12]}, target {self.target}, {self.backend} {self.backend_version}, "
+            f"{self.precision}, inputs {shapes}"
+        )
 
 
 def key_from_json(doc: dict[str, Any], where: str) -> BaselineKey:
     missing = [f for f in KEY_FIELDS if f not in doc]
     if missing:
-        raise SparsefuseError(f"{where}: key lacks {', '.join(missing)}", f"a key has the fields {KEY_FIELDS}")
+        raise SparsefuseError(
+            f"{where}: key lacks {', '.join(missing)}", f"a key has the fields {KEY_FIELDS}"
+        )
     shapes = doc["input_shapes"]
     if not isinstance(shapes, dict):
         raise SparsefuseError(f"{where}: input_shapes must map input name to shape", "regenerate the file")
@@ -89,11 +92,13 @@ def load_entries(path: str | Path) -> list[BaselineEntry]:
     entries = []
     for key_id, entry in sorted(doc["entries"].items()):
         where = f"baseline {path} entry {key_id}"
-        entries.append(BaselineEntry(
-            key=key_from_json(entry.get("key", {}), where),
-            samples=samples_from_json(entry.get("profile", {}), where),
-            updated_utc=str(entry.get("updated_utc", "")),
-        ))
+        entries.append(
+            BaselineEntry(
+                key=key_from_json(entry.get("key", {}), where),
+                samples=samples_from_json(entry.get("profile", {}), where),
+                updated_utc=str(entry.get("updated_utc", "")),
+            )
+        )
     return entries
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from sparsefuse.compiler.regress.samples import LatencySamples
 from sparsefuse.compiler.regress.stats import RatioCI, is_improvement, is_regression, median_ratio_ci
-
 from sparsefuse.errors import SparsefuseError
 
 TOTAL = "total"
@@ -62,25 +62,39 @@ def _mode(baseline: LatencySamples, candidate: LatencySamples, paired: bool, con
     return "independent"
 
 
-def _verdict(name: str, b: tuple[float, ...], c: tuple[float, ...], baseline: LatencySamples,
-             candidate: LatencySamples, mode: str, config: GateConfig, total_median: float) -> Verdict:
+def _verdict(
+    name: str,
+    b: tuple[float, ...],
+    c: tuple[float, ...],
+    baseline: LatencySamples,
+    candidate: LatencySamples,
+    mode: str,
+    config: GateConfig,
+    total_median: float,
+) -> Verdict:
     b_med = float(np.median(b)) if b else 0.0
     c_med = float(np.median(c)) if c else 0.0
     share = b_med / total_median if total_median > 0 else 0.0
     if (not b or not c) and name in baseline.module_point_ms and name in candidate.module_point_ms:
         b_pt, c_pt = baseline.module_point_ms[name], candidate.module_point_ms[name]
         share = b_pt / total_median if total_median > 0 else 0.0
-        return Verdict(name, None, False, False, c_pt - b_pt, share, "no per-run module samples: point delta only")
+        return Verdict(
+            name, None, False, False, c_pt - b_pt, share, "no per-run module samples: point delta only"
+        )
     if not b or not c or b_med <= 0 or c_med <= 0:
         note = "absent in baseline" if not b else "absent in candidate" if not c else "no measurable time"
         return Verdict(name, None, False, False, c_med - b_med, share, note)
     paired = mode == "paired" and len(b) == len(c)
     normalized = mode == "reference-normalized"
     ci = median_ratio_ci(
-        b, c,
+        b,
+        c,
         baseline_ref_ms=baseline.reference_ms if normalized else None,
         candidate_ref_ms=candidate.reference_ms if normalized else None,
-        paired=paired, confidence=config.confidence, n_boot=config.n_boot, seed=config.seed,
+        paired=paired,
+        confidence=config.confidence,
+        n_boot=config.n_boot,
+        seed=config.seed,
     )
     # Normalized ratios also rescale the delta, so a drifted machine does not show phantom ms.
     delta = ci.ratio * b_med - b_med
@@ -90,8 +104,12 @@ def _verdict(name: str, b: tuple[float, ...], c: tuple[float, ...], baseline: La
     return Verdict(name, ci, regressed, is_improvement(ci, config.threshold), delta, share)
 
 
-def compare(baseline: LatencySamples, candidate: LatencySamples, config: GateConfig = GateConfig(),
-            paired: bool = False) -> LatencyVerdict:
+def compare(
+    baseline: LatencySamples,
+    candidate: LatencySamples,
+    config: GateConfig = GateConfig(),
+    paired: bool = False,
+) -> LatencyVerdict:
     """Gate ``candidate`` against ``baseline``; paired=True for interleaved runs of one process."""
     if baseline.clock != candidate.clock:
         raise SparsefuseError(
@@ -102,13 +120,25 @@ def compare(baseline: LatencySamples, candidate: LatencySamples, config: GateCon
         paired = False
     mode = _mode(baseline, candidate, paired, config)
     total_median = float(np.median(baseline.total_ms))
-    total = _verdict(TOTAL, baseline.total_ms, candidate.total_ms, baseline, candidate, mode, config,
-                     total_median)
-    names = sorted(set(baseline.modules_ms) | set(candidate.modules_ms)
-                   | (set(baseline.module_point_ms) & set(candidate.module_point_ms)))
+    total = _verdict(
+        TOTAL, baseline.total_ms, candidate.total_ms, baseline, candidate, mode, config, total_median
+    )
+    names = sorted(
+        set(baseline.modules_ms)
+        | set(candidate.modules_ms)
+        | (set(baseline.module_point_ms) & set(candidate.module_point_ms))
+    )
     modules = tuple(
-        _verdict(n, baseline.modules_ms.get(n, ()), candidate.modules_ms.get(n, ()), baseline, candidate,
-                 mode, config, total_median)
+        _verdict(
+            n,
+            baseline.modules_ms.get(n, ()),
+            candidate.modules_ms.get(n, ()),
+            baseline,
+            candidate,
+            mode,
+            config,
+            total_median,
+        )
         for n in names
     )
     return LatencyVerdict(total=total, modules=modules, config=config, mode=mode)

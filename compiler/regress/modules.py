@@ -28,27 +28,35 @@ def scope_module(name: str, depth: int = 1) -> str | None:
     return "/".join(parts[:depth])
 
 
-def _bevfusion_module(name: str, op_type: str) -> str | None:
-    from sparsefuse.targets.modules import module_of
-
-    module = module_of(name, op_type)
-    return None if module == OTHER else module
-
-
 class ModuleMap:
     """Maps profiler event names to module names for one ONNX graph."""
 
     def __init__(self, model: onnx.ModelProto, depth: int = 1, scheme: str = "prefix") -> None:
-        """scheme "prefix": module = leading scope component(s); "bevfusion": the BEVFusion split
-        of sparsefuse.targets.modules (voxelize, lidar_backbone, camera_depth, ...)."""
+        """scheme "prefix": module = leading scope component(s) of node names; "bevfusion": the
+        BEVFusion split of sparsefuse.targets.modules (voxelize, lidar_backbone, camera_depth,
+        ...), from the exporter's torch module paths. For "bevfusion", profile the model as
+        prepared by :func:`prepare_for_profiling` so inlined custom-op bodies keep their call site.
+        """
         if scheme not in SCHEMES:
             raise ValueError(f"module scheme must be one of {SCHEMES}, got {scheme!r}")
         self.scheme = scheme
+        self.model = model
         self.by_node: dict[str, str] = {}
         self.by_tensor: dict[str, str] = {}
+        self._cache: dict[str, str] = {}
+        scopes: dict[str, str] = {}
+        if scheme == "bevfusion":
+            from sparsefuse.targets.modules import node_scopes
+
+            scopes = node_scopes(model)
         for node in model.graph.node:
-            module = _bevfusion_module(node.name, node.op_type) if scheme == "bevfusion" else \
-                scope_module(node.name, depth)
+            if scheme == "bevfusion":
+                from sparsefuse.targets.modules import module_of
+
+                module: str | None = module_of(scopes.get(node.name) or node.name, node.op_type)
+                module = None if module == OTHER else module
+            else:
+                module = scope_module(node.name, depth)
             if module is None:
                 continue
             self.by_node[node.name] = module
@@ -66,7 +74,12 @@ class ModuleMap:
         if name in self.by_tensor:
             return self.by_tensor[name]
         if self.scheme == "bevfusion":
-            return _bevfusion_module(name, "") or OTHER
+            if name not in self._cache:
+                from sparsefuse.targets.backends.ort_profiling import attach_scopes
+                from sparsefuse.targets.profiler import NodeTime
+
+                self._cache[name] = attach_scopes([NodeTime(name, "", 0.0)], self.model)[0].module
+            return self._cache[name]
         tokens = set(_SPLIT.split(name))
         for module in self.modules:
             if module.split("/")[0] in tokens:
@@ -74,24 +87,58 @@ class ModuleMap:
         return OTHER
 
 
-def per_run_module_ms(events: Iterable[dict], module_map: ModuleMap, skip_runs: int) -> list[dict[str, float]]:
+def prepare_for_profiling(model: onnx.ModelProto, scheme: str) -> onnx.ModelProto:
+    """For "bevfusion": one named copy of each custom-op function per call site, so ORT's
+    inlined kernels ("_inlfunc_<fn>__site<i>_...") name the node they came from. Same semantics."""
+    if scheme != "bevfusion":
+        return model
+    from sparsefuse.targets.backends.ort_profiling import name_function_bodies
+
+    return name_function_bodies(model)
+
+
+def per_run_module_ms(
+    events: Iterable[dict], module_map: ModuleMap, skip_runs: int
+) -> list[dict[str, float]]:
     """Per model run (after the first ``skip_runs``), the summed kernel time (ms) per module.
 
     events: the ORT profiler's chrome-trace list. Node events are assigned to the model_run
     whose [ts, ts+dur] interval contains them.
     """
     events = list(events)
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
     runs = runs[skip_runs:]
     out: list[dict[str, float]] = [dict.fromkeys(module_map.modules, 0.0) for _ in runs]
     starts = [r[0] for r in runs]
-    for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
-            continue
+    kernels = sorted(
+        (e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")),
+        key=lambda e: e["ts"],
+    )
+    per_run: list[list[tuple[str, float]]] = [[] for _ in runs]
+    for e in kernels:
         i = bisect.bisect_right(starts, e["ts"]) - 1
-        if i < 0 or e["ts"] > runs[i][1]:
-            continue
-        module = module_map.module_of(e["name"])
-        out[i][module] = out[i].get(module, 0.0) + e["dur"] / 1000.0
+        if 0 <= i < len(runs) and e["ts"] <= runs[i][1]:
+            per_run[i].append((module_map.module_of(e["name"]), e["dur"] / 1000.0))
+    for i, seq in enumerate(per_run):
+        for module, ms in _inherit_neighbours(seq):
+            out[i][module] = out[i].get(module, 0.0) + ms
+    return out
+
+
+def _inherit_neighbours(seq: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Optimizer-inserted kernels (layout reorders, ``ReorderOutput_token_7``) carry no module
+    name: they take the module of the kernel before them (or after, at the start of a run)."""
+    named = [m for m, _ in seq if m != OTHER]
+    if not named:
+        return seq
+    out, last = [], named[0]
+    for module, ms in seq:
+        if module == OTHER:
+            module = last
+        last = module
+        out.append((module, ms))
     return out

@@ -7,11 +7,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+
+from sparsefuse.atomic import write_bytes, write_text
 from sparsefuse.compiler.regress.accuracy import MetricCheck, OutputCheck
 from sparsefuse.compiler.regress.gate import LatencyVerdict, Verdict
 from sparsefuse.compiler.regress.samples import LatencySamples
-
-from sparsefuse.atomic import write_bytes, write_text
 
 
 def _status(v: Verdict) -> str:
@@ -24,13 +24,21 @@ def _row(v: Verdict) -> str:
     if v.ci is None:
         return f"| {v.name} | – | – | – | – | {v.note} |"
     ci = v.ci
-    return (f"| {v.name} | {ci.baseline_median_ms:.3f} | {ci.candidate_median_ms:.3f} | {ci.slowdown_pct:+.1f}% "
-            f"| [{100 * (ci.low - 1):+.1f}%, {100 * (ci.high - 1):+.1f}%] | {_status(v)} "
-            f"({v.delta_ms:+.3f} ms, {100 * v.share_of_baseline:.0f}% of baseline) |")
+    return (
+        f"| {v.name} | {ci.baseline_median_ms:.3f} | {ci.candidate_median_ms:.3f} | {ci.slowdown_pct:+.1f}% "
+        f"| [{100 * (ci.low - 1):+.1f}%, {100 * (ci.high - 1):+.1f}%] | {_status(v)} "
+        f"({v.delta_ms:+.3f} ms, {100 * v.share_of_baseline:.0f}% of baseline) |"
+    )
 
 
-def markdown(verdict: LatencyVerdict, baseline: LatencySamples, candidate: LatencySamples,
-             outputs: list[OutputCheck] = (), metrics: list[MetricCheck] = (), title: str = "") -> str:
+def markdown(
+    verdict: LatencyVerdict,
+    baseline: LatencySamples,
+    candidate: LatencySamples,
+    outputs: list[OutputCheck] = (),
+    metrics: list[MetricCheck] = (),
+    title: str = "",
+) -> str:
     cfg = verdict.config
     failed = verdict.regressed or any(not c.passed for c in outputs) or any(not m.passed for m in metrics)
     lines = [
@@ -52,13 +60,25 @@ def markdown(verdict: LatencyVerdict, baseline: LatencySamples, candidate: Laten
     if culprits:
         lines += ["", "Attributed to: " + ", ".join(f"{m.name} ({m.delta_ms:+.3f} ms)" for m in culprits)]
     if outputs:
-        lines += ["", "## Accuracy", "", "| output | max abs error | allowed | verdict |", "|---|---:|---:|---|"]
-        lines += [f"| {c.name} | {c.max_abs_err:.3g} | {c.allowed:.3g} | {'ok' if c.passed else 'FAIL'} "
-                  f"{c.message} |" for c in outputs]
+        lines += [
+            "",
+            "## Accuracy",
+            "",
+            "| output | max abs error | allowed | verdict |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {c.name} | {c.max_abs_err:.3g} | {c.allowed:.3g} | {'ok' if c.passed else 'FAIL'} "
+            f"{c.message} |"
+            for c in outputs
+        ]
     if metrics:
         lines += ["", "| metric | value | reference | ± tolerance | verdict |", "|---|---:|---:|---:|---|"]
-        lines += [f"| {m.name} | {m.value:.4g} | {m.reference:.4g} | {m.tolerance:.4g} | "
-                  f"{'ok' if m.passed else 'FAIL'} |" for m in metrics]
+        lines += [
+            f"| {m.name} | {m.value:.4g} | {m.reference:.4g} | {m.tolerance:.4g} | "
+            f"{'ok' if m.passed else 'FAIL'} |"
+            for m in metrics
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -70,7 +90,9 @@ def _case(suite: ET.Element, name: str, failure: str | None, detail: str) -> Non
         ET.SubElement(case, "system-out").text = detail
 
 
-def junit_xml(verdict: LatencyVerdict, outputs: list[OutputCheck] = (), metrics: list[MetricCheck] = ()) -> str:
+def junit_xml(
+    verdict: LatencyVerdict, outputs: list[OutputCheck] = (), metrics: list[MetricCheck] = ()
+) -> str:
     """One testcase per module, one for the total, one per accuracy output and metric."""
     suite = ET.Element("testsuite", name="sparsefuse-regress")
     for v in (verdict.total, *verdict.modules):
@@ -78,11 +100,19 @@ def junit_xml(verdict: LatencyVerdict, outputs: list[OutputCheck] = (), metrics:
         failure = f"{v.name} slower: {v.ci.slowdown_pct:+.1f}%" if v.regressed and v.ci else None
         _case(suite, f"latency.{v.name}", failure, detail)
     for c in outputs:
-        _case(suite, f"accuracy.{c.name}", None if c.passed else f"{c.name}: {c.message}",
-              f"max abs error {c.max_abs_err:.3g}, allowed {c.allowed:.3g}")
+        _case(
+            suite,
+            f"accuracy.{c.name}",
+            None if c.passed else f"{c.name}: {c.message}",
+            f"max abs error {c.max_abs_err:.3g}, allowed {c.allowed:.3g}",
+        )
     for m in metrics:
-        _case(suite, f"metric.{m.name}", None if m.passed else f"{m.name} outside ±{m.tolerance}",
-              f"{m.value} vs {m.reference} ± {m.tolerance}")
+        _case(
+            suite,
+            f"metric.{m.name}",
+            None if m.passed else f"{m.name} outside ±{m.tolerance}",
+            f"{m.value} vs {m.reference} ± {m.tolerance}",
+        )
     cases = suite.findall("testcase")
     suite.set("tests", str(len(cases)))
     suite.set("failures", str(sum(c.find("failure") is not None for c in cases)))
@@ -122,19 +152,23 @@ def distribution_png(baseline: LatencySamples, candidate: LatencySamples, verdic
     ax_mod.set_xlabel("median ratio candidate/baseline (CI)")
     total = verdict.total.ci
     if total is not None:
-        fig.suptitle(f"total {total.slowdown_pct:+.1f}% [{100 * (total.low - 1):+.1f}%, "
-                     f"{100 * (total.high - 1):+.1f}%] — {'REGRESSED' if verdict.regressed else 'ok'}")
+        fig.suptitle(
+            f"total {total.slowdown_pct:+.1f}% [{100 * (total.low - 1):+.1f}%, "
+            f"{100 * (total.high - 1):+.1f}%] — {'REGRESSED' if verdict.regressed else 'ok'}"
+        )
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return buf.getvalue()
 
 
-def write_reports(out_dir: str | Path, md: str, junit: str, png: bytes) -> dict[str, Path]:
+def write_reports(out_dir: str | Path, md: str, junit: str, png: bytes | None) -> dict[str, Path]:
     out_dir = Path(out_dir)
-    return {
+    paths = {
         "markdown": write_text(out_dir / "regress.md", md),
         "junit": write_text(out_dir / "regress.junit.xml", junit),
-        "png": write_bytes(out_dir / "regress.png", png),
     }
+    if png is not None:
+        paths["png"] = write_bytes(out_dir / "regress.png", png)
+    return paths

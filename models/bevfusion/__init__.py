@@ -2,7 +2,6 @@
 
 from sparsefuse.models.bevfusion.lidar import SparseConv3d
 from sparsefuse.models.bevfusion.model import (
-    BEVFusion,
     BOX_CHANNELS,
     DET_CLASSES,
     FEATURE_SITES,
@@ -10,6 +9,7 @@ from sparsefuse.models.bevfusion.model import (
     MODALITIES,
     OUTPUT_NAMES,
     SEG_CLASSES,
+    BEVFusion,
     PrunableWeight,
     init_weights,
     modality_of,

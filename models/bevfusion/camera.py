@@ -24,12 +24,13 @@ def conv_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential
 class BasicBlock(nn.Module):
     """relu(shortcut(x) + conv3x3(relu(conv3x3(x))))."""
 
+    residual_out = "conv2"  # last conv of the residual branch (scaled at init)
+
     def __init__(self, cin: int, width: int, stride: int) -> None:
         super().__init__()
         self.out_channels = width
         self.conv1 = nn.Conv2d(cin, width, 3, stride=stride, padding=1)
         self.conv2 = nn.Conv2d(width, width, 3, padding=1)
-        self.residual_out = self.conv2
         self.shortcut = nn.Conv2d(cin, width, 1, stride=stride) if stride != 1 or cin != width else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +42,7 @@ class Bottleneck(nn.Module):
     """ResNet-50 bottleneck: 1x1 -> 3x3 (stride) -> 1x1 (x4 expansion), projection shortcut."""
 
     expansion = 4
+    residual_out = "conv3"
 
     def __init__(self, cin: int, width: int, stride: int) -> None:
         super().__init__()
@@ -48,7 +50,6 @@ class Bottleneck(nn.Module):
         self.conv1 = nn.Conv2d(cin, width, 1)
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1)
         self.conv3 = nn.Conv2d(width, self.out_channels, 1)
-        self.residual_out = self.conv3
         self.shortcut = (nn.Conv2d(cin, self.out_channels, 1, stride=stride)
                          if stride != 1 or cin != self.out_channels else None)
 
@@ -146,7 +147,8 @@ class CameraBranch(nn.Module):
             # Derived from the rig, not learned: kept out of state_dict, exported as constants.
             self.register_buffer(name, torch.from_numpy(getattr(ranks, name).copy()), persistent=False)
         self.pool_shape = (1, int(pool_shape[0]), int(pool_shape[1]))
-        self.bev = nn.Sequential(conv_relu(channels, channels, 3), conv_relu(channels, channels, 3, bev_stride))
+        self.bev = nn.Sequential(conv_relu(channels, channels, 3),
+                                 conv_relu(channels, channels, 3, bev_stride))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.mean) / self.std

@@ -17,11 +17,12 @@ HEATMAP_PRIOR = 0.1
 class ResBlock(nn.Module):
     """relu(x + conv3x3(relu(conv3x3(x))))."""
 
+    residual_out = "conv2"  # last conv of the residual branch (scaled at init)
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.residual_out = self.conv2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
@@ -46,7 +47,8 @@ def _head(cin: int, mid: int, cout: int) -> nn.Sequential:
 class Heads(nn.Module):
     """BEV [1,F,Y,X] -> (seg_logits [1,S,Y,X], heatmap [1,K,Y,X] logits, boxes [1,8,Y,X])."""
 
-    def __init__(self, channels: int, mid: int, seg_classes: int, det_classes: int, box_dims: int = 8) -> None:
+    def __init__(self, channels: int, mid: int, seg_classes: int, det_classes: int,
+                 box_dims: int = 8) -> None:
         super().__init__()
         self.seg = _head(channels, mid, seg_classes)
         self.heatmap = _head(channels, mid, det_classes)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import sparsefuse.plugins  # noqa: F401  (registers torch.ops.sparsefuse.*)
+from sparsefuse.errors import SparsefuseError
 from sparsefuse.plugins.sparse_conv3d import output_spatial_shape
 
 Triple = tuple[int, int, int]
@@ -102,7 +103,9 @@ class SparseEncoder(nn.Module):
         self.conv_out = SparseConv3d(prev, out_channels, shape, (3, 1, 1), stride=(2, 1, 1), padding=0)
         self.out_shape: Triple = self.conv_out.out_shape
         if self.out_shape[0] < 1:
-            raise ValueError(f"voxel grid {spatial_shape} is too flat for the encoder's height reduction")
+            raise SparsefuseError(
+                f"voxel grid {spatial_shape} (Z, Y, X) is too flat for the sparse encoder's height reduction",
+                "use a smaller z voxel size (at least 2 voxels over the point_range height)")
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, coords = self.conv_input(features, coords)

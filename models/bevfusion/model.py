@@ -93,19 +93,24 @@ class BEVFusion(nn.Module):
                                    rig.num_depth_bins, preset.camera_channels, ranks, pool_shape,
                                    preset.camera_bev_stride)
         self.lidar = LidarBranch(rig.point_range, rig.voxel_size, preset.max_voxels, rig.voxel_grid,
-                                 preset.lidar_channels, preset.lidar_blocks, preset.lidar_encoder_out,
-                                 preset.lidar_bev_channels)
+                                 lidar_stage_channels(preset.lidar_channels, rig), preset.lidar_blocks,
+                                 preset.lidar_encoder_out, preset.lidar_bev_channels)
         if self.lidar.bev_shape != fusion_shape:
             raise SparsefuseError(
                 f"LiDAR BEV grid {self.lidar.bev_shape} does not match the fusion grid {fusion_shape}",
-                f"use voxel grid XY = {2 ** (len(preset.lidar_channels) - 1)} x the BEV grid "
-                "(rig voxel_size / bev_cell)")
+                "use a voxel grid whose XY size is a power-of-two multiple of the BEV grid "
+                "(rig point_range / voxel_size vs bev_range / bev_cell)")
         self.fusion = Fusion(preset.camera_channels, preset.lidar_bev_channels, preset.fusion_channels,
                              preset.bev_encoder_blocks)
         self.head = Heads(preset.fusion_channels, preset.head_channels, len(SEG_CLASSES), len(DET_CLASSES),
                           len(BOX_CHANNELS))
 
     def forward(self, images: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        expected = (self.num_cameras, 3, *self.image_size)
+        if tuple(images.shape) != expected:  # static shapes: checked once at export time
+            raise SparsefuseError(
+                f"images have shape {tuple(images.shape)}, the model's rig needs {expected}",
+                "pass one image per rig camera at the preset's image size")
         camera_bev = self.camera(images)
         lidar_bev = self.lidar(points)
         return self.head(self.fusion(camera_bev, lidar_bev))
@@ -147,9 +152,11 @@ def init_weights(model: nn.Module) -> None:
             module.reset_parameters()
     with torch.no_grad():
         for module in model.modules():
+            # Blocks name their residual branch's last conv in a class attribute (a module alias
+            # would register the conv twice and give its weight two names).
             residual_out = getattr(module, "residual_out", None)
-            if isinstance(residual_out, nn.Conv2d):
-                residual_out.weight.mul_(RESIDUAL_INIT_SCALE)
+            if isinstance(residual_out, str):
+                getattr(module, residual_out).weight.mul_(RESIDUAL_INIT_SCALE)
     for module in model.modules():
         if isinstance(module, Heads):
             module.reset_head_bias()
@@ -159,6 +166,21 @@ def _recorder(store: dict[str, torch.Tensor], site: str):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         store[site] = output.detach()
     return hook
+
+
+def lidar_stage_channels(channels: tuple[int, ...], rig: Rig) -> tuple[int, ...]:
+    """Encoder stage channels for the rig: one stride-2 stage per factor 2 between the voxel grid
+    and the BEV grid (the preset's channels, truncated or extended with its last width)."""
+    _, vy, vx = rig.voxel_grid
+    by, bx = rig.bev_shape
+    ratio = vx / bx
+    downsamples = round(math.log2(ratio)) if ratio >= 1 else -1
+    if downsamples < 0 or vy / by != ratio or 2 ** downsamples != ratio:
+        raise SparsefuseError(
+            f"rig voxel grid {vy}x{vx} is not a power-of-two multiple of the BEV grid {by}x{bx}",
+            "choose voxel_size and bev_cell so that bev_cell / voxel_size is 1, 2, 4, 8, ...")
+    stages = downsamples + 1
+    return tuple(channels[:stages]) + (channels[-1],) * max(0, stages - len(channels))
 
 
 def check_grids(preset: Preset, rig: Rig) -> tuple[int, int]:
@@ -171,8 +193,9 @@ def check_grids(preset: Preset, rig: Rig) -> tuple[int, int]:
                               "resize the rig with Rig.resized(H, W)")
     feature_size(next(iter(sizes)), preset.feature_stride)
     pr, bev = rig.point_range, rig.bev_range
-    if not all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip((pr[0], pr[1], pr[3], pr[4]), bev, strict=True)):
+    lidar_xy = (pr[0], pr[1], pr[3], pr[4])
+    if not all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(lidar_xy, bev, strict=True)):
         raise SparsefuseError(
-            f"rig point_range x/y {pr[0], pr[1], pr[3], pr[4]} differs from bev_range {bev}",
+            f"rig point_range x/y {lidar_xy} differs from bev_range {bev}",
             "the camera and LiDAR BEV maps must cover the same area: make them equal")
     return rig.bev_shape

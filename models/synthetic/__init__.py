@@ -6,6 +6,17 @@ from sparsefuse.models.synthetic.lidar import LidarConfig
 from sparsefuse.models.synthetic.scene import CLASS_NAMES, SEG_CLASSES, Scene, sample_scene
 
 __all__ = [
-    "CLASS_NAMES", "SEG_CLASSES", "BevGrid", "DetTargets", "LidarConfig", "Scene", "SyntheticConfig",
-    "detection_targets", "make_frame", "make_scene", "rig_grid", "sample_scene", "seg_masks",
+    "CLASS_NAMES",
+    "SEG_CLASSES",
+    "BevGrid",
+    "DetTargets",
+    "LidarConfig",
+    "Scene",
+    "SyntheticConfig",
+    "detection_targets",
+    "make_frame",
+    "make_scene",
+    "rig_grid",
+    "sample_scene",
+    "seg_masks",
 ]

@@ -13,8 +13,12 @@ from sparsefuse.models.rig import Camera, Rig
 from sparsefuse.models.synthetic.raycast import GROUND, NOTHING, Hits, cast
 from sparsefuse.models.synthetic.scene import GRASS, MARKING, ROAD, SIDEWALK, Scene, ground_material
 
-_GROUND_RGB = {GRASS: (0.24, 0.42, 0.18), ROAD: (0.30, 0.30, 0.32), SIDEWALK: (0.62, 0.6, 0.56),
-               MARKING: (0.92, 0.92, 0.88)}
+_GROUND_RGB = {
+    GRASS: (0.24, 0.42, 0.18),
+    ROAD: (0.30, 0.30, 0.32),
+    SIDEWALK: (0.62, 0.6, 0.56),
+    MARKING: (0.92, 0.92, 0.88),
+}
 _SKY_DAY, _SKY_NIGHT = np.array([0.55, 0.7, 0.92]), np.array([0.03, 0.03, 0.07])
 _GLASS, _TYRE, _SKIN, _TROUSERS = (0.1, 0.12, 0.16), (0.05, 0.05, 0.05), (0.85, 0.65, 0.5), (0.15, 0.15, 0.28)
 MAX_VIEW = 150.0  # m, render distance
@@ -30,6 +34,17 @@ def pixel_rays(camera: Camera, supersample: int) -> np.ndarray:
     pix = np.stack([uu, vv, np.ones_like(uu)], -1)
     rays = pix @ np.linalg.inv(camera.K).T @ camera.T_cam_to_ego[:3, :3].T
     return rays / np.linalg.norm(rays, axis=-1, keepdims=True)
+
+
+def project_points(camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ego points [N, 3] -> (pixel coordinates (u, v) [N, 2], depth along the optical axis [N], m).
+
+    Pixel (row i, column j) covers u in [j, j + 1), v in [i, i + 1).
+    """
+    t = camera.T_cam_to_ego
+    cam = (np.asarray(points, np.float64) - t[:3, 3]) @ t[:3, :3]
+    uvw = cam @ camera.K.T
+    return uvw[:, :2] / uvw[:, 2:3], cam[:, 2]
 
 
 def _hash01(ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
@@ -109,8 +124,9 @@ def _shade(scene: Scene, hits: Hits, origin: np.ndarray, dirs: np.ndarray) -> np
     return out
 
 
-def render_camera(scene: Scene, camera: Camera, supersample: int, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def render_camera(
+    scene: Scene, camera: Camera, supersample: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(image [3, H, W] f32 in [0, 1], visible sub-pixels per box [N] int64)."""
     height, width = camera.image_size
     dirs = pixel_rays(camera, supersample).reshape(-1, 3)
@@ -123,8 +139,9 @@ def render_camera(scene: Scene, camera: Camera, supersample: int, rng: np.random
     return image.transpose(2, 0, 1).astype(np.float32), visible.astype(np.int64)
 
 
-def render_cameras(scene: Scene, rig: Rig, supersample: int, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def render_cameras(
+    scene: Scene, rig: Rig, supersample: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(images [Ncam, 3, H, W] f32, visible sub-pixels per box summed over cameras [N])."""
     images, visible = [], np.zeros(len(scene.labels), np.int64)
     for cam in rig.cameras:

@@ -26,8 +26,9 @@ def _one(args: tuple[int, Rig, SyntheticConfig]) -> dict[str, np.ndarray]:
     return make_frame(seed, rig, rig_grid(rig), config)
 
 
-def generate_frames(seeds: list[int], rig: Rig, config: SyntheticConfig | None = None,
-                    workers: int = 1) -> list[dict[str, np.ndarray]]:
+def generate_frames(
+    seeds: list[int], rig: Rig, config: SyntheticConfig | None = None, workers: int = 1
+) -> list[dict[str, np.ndarray]]:
     """Frames for ``seeds`` in order; ``workers`` > 1 renders in that many processes."""
     config = config or SyntheticConfig()
     jobs = [(int(s), rig, config) for s in seeds]
@@ -39,8 +40,10 @@ def generate_frames(seeds: list[int], rig: Rig, config: SyntheticConfig | None =
 
 def cache_key(seeds: list[int], rig: Rig, config: SyntheticConfig) -> str:
     """Content key of a frame set: seeds, rig and generator config (and the generator version)."""
-    blob = json.dumps({"seeds": [int(s) for s in seeds], "rig": rig.to_dict(), "config": asdict(config),
-                       "version": 1}, sort_keys=True)
+    blob = json.dumps(
+        {"seeds": [int(s) for s in seeds], "rig": rig.to_dict(), "config": asdict(config), "version": 1},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -62,7 +65,9 @@ def load_frames(path: str | Path) -> list[dict[str, np.ndarray]]:
     try:
         data = np.load(path)
     except (OSError, ValueError) as exc:
-        raise SparsefuseError(f"cannot read frame cache {path}: {exc}", "delete it; it is regenerated") from None
+        raise SparsefuseError(
+            f"cannot read frame cache {path}: {exc}", "delete it; it is regenerated"
+        ) from None
     frames = []
     for i in range(int(data["count"])):
         f = {key: data[f"{i}/{key}"] for key in FRAME_KEYS}
@@ -71,8 +76,9 @@ def load_frames(path: str | Path) -> list[dict[str, np.ndarray]]:
     return frames
 
 
-def cached_frames(seeds: list[int], rig: Rig, cache_dir: str | Path, config: SyntheticConfig | None = None,
-                  workers: int = 1) -> list[dict[str, np.ndarray]]:
+def cached_frames(
+    seeds: list[int], rig: Rig, cache_dir: str | Path, config: SyntheticConfig | None = None, workers: int = 1
+) -> list[dict[str, np.ndarray]]:
     """Load the frame set from ``cache_dir`` if cached with the same key; else generate and cache it."""
     config = config or SyntheticConfig()
     path = Path(cache_dir) / f"frames-{cache_key(seeds, rig, config)}.npz"

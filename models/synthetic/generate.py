@@ -45,8 +45,9 @@ def make_scene(seed: int, config: SyntheticConfig) -> Scene:
     return scene
 
 
-def make_frame(seed: int, rig: Rig, grid: BevGrid | None = None,
-               config: SyntheticConfig | None = None) -> dict[str, np.ndarray]:
+def make_frame(
+    seed: int, rig: Rig, grid: BevGrid | None = None, config: SyntheticConfig | None = None
+) -> dict[str, np.ndarray]:
     """Render one frame for ``rig`` (already resized to the network input) with labels on ``grid``."""
     config = config or SyntheticConfig()
     grid = grid or rig_grid(rig)

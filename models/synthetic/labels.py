@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsefuse.models.synthetic.scene import CLASS_NAMES, Road, box_corners_bev, drivable_mask
+from sparsefuse.models.synthetic.scene import CLASS_NAMES, Road, drivable_mask
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,12 @@ class BevGrid:
         return np.stack([xx, yy], -1)
 
     def contains(self, xy: np.ndarray) -> np.ndarray:
-        return (xy[..., 0] >= self.xmin) & (xy[..., 0] < self.xmax) & (xy[..., 1] >= self.ymin) & (
-            xy[..., 1] < self.ymax)
+        return (
+            (xy[..., 0] >= self.xmin)
+            & (xy[..., 0] < self.xmax)
+            & (xy[..., 1] >= self.ymin)
+            & (xy[..., 1] < self.ymax)
+        )
 
 
 def points_in_boxes_bev(xy: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -53,15 +57,21 @@ def points_in_boxes_bev(xy: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def seg_masks(roads: tuple[Road, ...], boxes: np.ndarray, labels: np.ndarray, grid: BevGrid,
-              sub: int = 4) -> np.ndarray:
-    """uint8 [1 + num_classes, Y, X]: drivable (≥ half of the cell), then per-class occupancy
-    (any part of the cell covered by a box footprint, or the cell holding the box centre)."""
+def seg_masks(
+    roads: tuple[Road, ...], boxes: np.ndarray, labels: np.ndarray, grid: BevGrid, sub: int = 4
+) -> np.ndarray:
+    """uint8 [1 + num_classes, Y, X]: drivable (≥ half of the cell), then per-class occupancy."""
+    y_size, x_size = grid.shape
+    drive = drivable_mask(roads, grid.centres(sub)).reshape(y_size, sub, x_size, sub).mean((1, 3)) >= 0.5
+    return np.concatenate([drive[None].astype(np.uint8), object_masks(boxes, labels, grid, sub)])
+
+
+def object_masks(boxes: np.ndarray, labels: np.ndarray, grid: BevGrid, sub: int = 4) -> np.ndarray:
+    """uint8 [num_classes, Y, X]: a cell is occupied by a class when any of its sub x sub sample
+    points falls inside a box footprint of that class, or when it holds the box centre."""
     y_size, x_size = grid.shape
     xy = grid.centres(sub)
-    drive = drivable_mask(roads, xy).reshape(y_size, sub, x_size, sub).mean((1, 3)) >= 0.5
-    masks = np.zeros((1 + len(CLASS_NAMES), y_size, x_size), np.uint8)
-    masks[0] = drive
+    masks = np.zeros((len(CLASS_NAMES), y_size, x_size), np.uint8)
     for i, cls in enumerate(labels):
         # rasterize only the window of cells the box's bounding circle can touch
         r = 0.5 * float(np.hypot(boxes[i, 3], boxes[i, 4]))
@@ -69,12 +79,12 @@ def seg_masks(roads: tuple[Road, ...], boxes: np.ndarray, labels: np.ndarray, gr
         y1, x1 = _cell_of(boxes[i, :2] + r, grid)
         y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1 + 1, y_size), min(x1 + 1, x_size)
         if y0 < y1 and x0 < x1:
-            window = xy[y0 * sub:y1 * sub, x0 * sub:x1 * sub]
-            inside = points_in_boxes_bev(window, boxes[i:i + 1])[0]
-            masks[1 + cls, y0:y1, x0:x1] |= inside.reshape(y1 - y0, sub, x1 - x0, sub).any((1, 3))
+            window = xy[y0 * sub : y1 * sub, x0 * sub : x1 * sub]
+            inside = points_in_boxes_bev(window, boxes[i : i + 1])[0]
+            masks[cls, y0:y1, x0:x1] |= inside.reshape(y1 - y0, sub, x1 - x0, sub).any((1, 3))
         iy, ix = _cell_of(boxes[i, :2], grid)
         if 0 <= iy < y_size and 0 <= ix < x_size:
-            masks[1 + cls, iy, ix] = 1
+            masks[cls, iy, ix] = 1
     return masks
 
 
@@ -101,8 +111,9 @@ class DetTargets:
     mask: np.ndarray  # [Y, X] bool: cells holding an object centre
 
 
-def detection_targets(boxes: np.ndarray, labels: np.ndarray, grid: BevGrid, min_radius: int = 1
-                      ) -> DetTargets:
+def detection_targets(
+    boxes: np.ndarray, labels: np.ndarray, grid: BevGrid, min_radius: int = 1
+) -> DetTargets:
     """CenterPoint targets: a Gaussian peak per object at its centre cell, regression there."""
     y_size, x_size = grid.shape
     heat = np.zeros((len(CLASS_NAMES), y_size, x_size), np.float32)

@@ -38,8 +38,9 @@ def beam_directions(config: LidarConfig, phase: float) -> np.ndarray:
     return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1).reshape(-1, 3)
 
 
-def simulate_lidar(scene: Scene, config: LidarConfig, point_range: tuple[float, ...],
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def simulate_lidar(
+    scene: Scene, config: LidarConfig, point_range: tuple[float, ...], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(points[P,4] f32 in the ego frame, hit box id per point [P] (-1 = ground)).
 
     Only points inside ``point_range`` = (xmin, ymin, zmin, xmax, ymax, zmax) are kept.
@@ -53,7 +54,9 @@ def simulate_lidar(scene: Scene, config: LidarConfig, point_range: tuple[float, 
     reflect = np.empty(t.shape)
     on_ground = ids == GROUND
     mat = ground_material(scene.roads, xyz[on_ground, :2])
-    reflect[on_ground] = np.vectorize(_GROUND_REFLECTIVITY.__getitem__, otypes=[float])(mat) if mat.size else 0.0
+    reflect[on_ground] = (
+        np.vectorize(_GROUND_REFLECTIVITY.__getitem__, otypes=[float])(mat) if mat.size else 0.0
+    )
     reflect[~on_ground] = _CLASS_REFLECTIVITY[scene.labels[ids[~on_ground]]]
     cos_inc = np.abs(np.sum(normal * d, axis=1))
     intensity = reflect * (0.3 + 0.7 * cos_inc) * (1.0 + 0.1 * rng.standard_normal(t.shape))

@@ -21,8 +21,14 @@ def _save(fig, path: Path) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
-def write_preview(frame: dict[str, np.ndarray], rig: Rig, grid: BevGrid, out_dir: str | Path,
-                  pred_boxes: np.ndarray | None = None, pred_labels: np.ndarray | None = None) -> list[Path]:
+def write_preview(
+    frame: dict[str, np.ndarray],
+    rig: Rig,
+    grid: BevGrid,
+    out_dir: str | Path,
+    pred_boxes: np.ndarray | None = None,
+    pred_labels: np.ndarray | None = None,
+) -> list[Path]:
     """Write cameras.png, cam_<NAME>.png (one per camera), bev.png and labels.png; return the paths."""
     import matplotlib
 
@@ -32,7 +38,9 @@ def write_preview(frame: dict[str, np.ndarray], rig: Rig, grid: BevGrid, out_dir
     out = Path(out_dir)
     written = []
     images = frame["images"]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 15 * images.shape[2] / images.shape[3] * 2 / 3 + 0.8), dpi=100)
+    fig, axes = plt.subplots(
+        2, 3, figsize=(15, 15 * images.shape[2] / images.shape[3] * 2 / 3 + 0.8), dpi=100
+    )
     order = [5, 0, 1, 4, 3, 2]  # FRONT_LEFT FRONT FRONT_RIGHT / BACK_LEFT BACK BACK_RIGHT (nuScenes layout)
     for ax, i in zip(axes.flat, order if len(rig.cameras) == 6 else range(len(rig.cameras)), strict=False):
         ax.imshow(images[i].transpose(1, 2, 0))
@@ -52,8 +60,13 @@ def write_preview(frame: dict[str, np.ndarray], rig: Rig, grid: BevGrid, out_dir
     extent = (grid.xmin, grid.xmax, grid.ymin, grid.ymax)
     ax.imshow(frame["seg_masks"][0], origin="lower", extent=extent, cmap="Greys", vmin=0, vmax=3, alpha=0.8)
     pts = frame["points"]
-    ax.scatter(pts[:, 0], pts[:, 1], s=0.3, c=pts[:, 2], cmap="viridis", vmin=-0.5, vmax=3.0)
-    for boxes, labels, style in ((frame["gt_boxes"], frame["gt_labels"], "-"), (pred_boxes, pred_labels, "--")):
+    above = pts[:, 2] > 0.15  # returns from objects; the rest is ground
+    ax.scatter(pts[~above, 0], pts[~above, 1], s=0.2, c="0.45")
+    ax.scatter(pts[above, 0], pts[above, 1], s=1.5, c=pts[above, 2], cmap="autumn", vmin=0.0, vmax=3.5)
+    for boxes, labels, style in (
+        (frame["gt_boxes"], frame["gt_labels"], "-"),
+        (pred_boxes, pred_labels, "--"),
+    ):
         if boxes is None:
             continue
         for corners, cls in zip(box_corners_bev(np.asarray(boxes, np.float64)), labels, strict=True):
@@ -68,8 +81,10 @@ def write_preview(frame: dict[str, np.ndarray], rig: Rig, grid: BevGrid, out_dir
     ax.set_xlabel("x forward (m)")
     ax.set_ylabel("y left (m)")
     night = " (night)" if bool(frame["night"]) else ""
-    ax.set_title(f"seed {int(frame['seed'])}{night}: {len(pts)} LiDAR points, "
-                 + ", ".join(f"{int((frame['gt_labels'] == k).sum())} {n}" for k, n in enumerate(CLASS_NAMES)))
+    ax.set_title(
+        f"seed {int(frame['seed'])}{night}: {len(pts)} LiDAR points, "
+        + ", ".join(f"{int((frame['gt_labels'] == k).sum())} {n}" for k, n in enumerate(CLASS_NAMES))
+    )
     fig.tight_layout()
     written.append(_save(fig, out / "bev.png"))
     plt.close(fig)

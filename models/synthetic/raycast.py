@@ -73,7 +73,9 @@ def cast(origin: np.ndarray, dirs: np.ndarray, boxes: np.ndarray, max_range: flo
         n_local[np.arange(rows.size), axis] = -np.sign(ld[hit, axis])
         t_best[rows] = t_enter[hit]
         hit_id[rows] = i
-        normal[rows] = np.stack([c * n_local[:, 0] - s * n_local[:, 1], s * n_local[:, 0] + c * n_local[:, 1],
-                                 n_local[:, 2]], axis=1)
+        normal[rows] = np.stack(
+            [c * n_local[:, 0] - s * n_local[:, 1], s * n_local[:, 0] + c * n_local[:, 1], n_local[:, 2]],
+            axis=1,
+        )
         local[rows] = lo[hit] + t_enter[hit, None] * ld[hit]
     return Hits(t_best, hit_id, normal, local)

@@ -111,8 +111,10 @@ def box_corners_bev(boxes: np.ndarray) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     lx = np.array([0.5, -0.5, -0.5, 0.5])[None] * l[:, None]
     ly = np.array([0.5, 0.5, -0.5, -0.5])[None] * w[:, None]
-    return np.stack([x[:, None] + c[:, None] * lx - s[:, None] * ly,
-                     y[:, None] + s[:, None] * lx + c[:, None] * ly], axis=-1)
+    return np.stack(
+        [x[:, None] + c[:, None] * lx - s[:, None] * ly, y[:, None] + s[:, None] * lx + c[:, None] * ly],
+        axis=-1,
+    )
 
 
 def box_corners_3d(boxes: np.ndarray) -> np.ndarray:
@@ -150,8 +152,16 @@ def _sample_roads(rng: np.random.Generator) -> tuple[Road, ...]:
         along = float(rng.uniform(-35.0, 45.0))
         cross_heading = heading + math.pi / 2 + float(rng.normal(0.0, 0.1))
         cx, cy = main.world(along, 0.0)
-        roads.append(Road(cx, cy, cross_heading, int(rng.choice([2, 3])), float(rng.uniform(3.0, 3.6)),
-                          float(rng.uniform(1.5, 3.5))))
+        roads.append(
+            Road(
+                cx,
+                cy,
+                cross_heading,
+                int(rng.choice([2, 3])),
+                float(rng.uniform(3.0, 3.6)),
+                float(rng.uniform(1.5, 3.5)),
+            )
+        )
     return tuple(roads)
 
 
@@ -161,6 +171,12 @@ def _size(rng: np.random.Generator, cls: int) -> tuple[float, float, float]:
     if cls == 1:  # trucks vary mostly in length
         l = float(rng.uniform(6.0, 11.0))
     return float(w * f[0]), float(l * f[1]), float(h * f[2])
+
+
+def _lane_offset(rng: np.random.Generator, road: Road) -> tuple[float, int]:
+    """(lateral offset of a random lane's centre with jitter, m; lane index from the right)."""
+    k = int(rng.integers(0, road.lanes))
+    return (k + 0.5) * road.lane_width - road.half_width + float(rng.normal(0, 0.25)), k
 
 
 def _candidates(rng: np.random.Generator, roads: tuple[Road, ...]) -> list[tuple[int, float, float, float]]:
@@ -173,10 +189,6 @@ def _candidates(rng: np.random.Generator, roads: tuple[Road, ...]) -> list[tuple
         def along() -> float:
             return float(rng.uniform(-_SCENE_EXTENT * 1.2, _SCENE_EXTENT * 1.2))
 
-        def lane_t() -> tuple[float, int]:
-            k = int(rng.integers(0, road.lanes))
-            return (k + 0.5) * road.lane_width - hw + float(rng.normal(0, 0.25)), k
-
         for cls, mean in ((0, 11.0 * scale), (1, 2.0 * scale)):
             for _ in range(rng.poisson(mean)):
                 s = along()
@@ -184,7 +196,7 @@ def _candidates(rng: np.random.Generator, roads: tuple[Road, ...]) -> list[tuple
                     side = rng.choice([-1.0, 1.0])
                     t, forward = side * (hw - 1.2), side < 0
                 else:
-                    t, k = lane_t()
+                    t, k = _lane_offset(rng, road)
                     forward = k < road.lanes / 2  # right-hand traffic: right lanes go along +heading
                 yaw = road.heading + (0.0 if forward else math.pi) + float(rng.normal(0, 0.05))
                 out.append((cls, *road.world(s, t), yaw))
@@ -207,8 +219,17 @@ def _candidates(rng: np.random.Generator, roads: tuple[Road, ...]) -> list[tuple
 def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
     """Body colour: cars vary widely, trucks lean to white/blue, pedestrians' clothes; barriers red."""
     if cls == 0:
-        palette = np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7], [0.85, 0.85, 0.85], [0.15, 0.15, 0.15],
-                            [0.6, 0.6, 0.62], [0.9, 0.7, 0.1], [0.2, 0.5, 0.3]])
+        palette = np.array(
+            [
+                [0.8, 0.1, 0.1],
+                [0.1, 0.2, 0.7],
+                [0.85, 0.85, 0.85],
+                [0.15, 0.15, 0.15],
+                [0.6, 0.6, 0.62],
+                [0.9, 0.7, 0.1],
+                [0.2, 0.5, 0.3],
+            ]
+        )
         base = palette[rng.integers(0, len(palette))]
     elif cls == 1:
         palette = np.array([[0.95, 0.95, 0.92], [0.2, 0.35, 0.6], [0.85, 0.45, 0.1]])
@@ -223,10 +244,18 @@ def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
 def sample_lighting(rng: np.random.Generator, night_prob: float) -> Lighting:
     night = bool(rng.random() < night_prob)
     if night:
-        return Lighting(float(rng.uniform(0.2, 0.35)), float(rng.uniform(0.04, 0.07)), True,
-                        float(rng.uniform(-math.pi, math.pi)))
-    return Lighting(float(rng.uniform(0.75, 1.2)), float(rng.uniform(0.01, 0.03)), False,
-                    float(rng.uniform(-math.pi, math.pi)))
+        return Lighting(
+            float(rng.uniform(0.2, 0.35)),
+            float(rng.uniform(0.04, 0.07)),
+            True,
+            float(rng.uniform(-math.pi, math.pi)),
+        )
+    return Lighting(
+        float(rng.uniform(0.75, 1.2)),
+        float(rng.uniform(0.01, 0.03)),
+        False,
+        float(rng.uniform(-math.pi, math.pi)),
+    )
 
 
 def sample_scene(seed: int, night_prob: float = 0.25) -> Scene:
@@ -234,8 +263,14 @@ def sample_scene(seed: int, night_prob: float = 0.25) -> Scene:
     rng = np.random.default_rng(seed)
     roads = _sample_roads(rng)
     lighting = sample_lighting(rng, night_prob)
-    ego = np.array([[_EGO_HALF[0], _EGO_HALF[1]], [-_EGO_HALF[0], _EGO_HALF[1]],
-                    [-_EGO_HALF[0], -_EGO_HALF[1]], [_EGO_HALF[0], -_EGO_HALF[1]]])
+    ego = np.array(
+        [
+            [_EGO_HALF[0], _EGO_HALF[1]],
+            [-_EGO_HALF[0], _EGO_HALF[1]],
+            [-_EGO_HALF[0], -_EGO_HALF[1]],
+            [_EGO_HALF[0], -_EGO_HALF[1]],
+        ]
+    )
     placed: list[np.ndarray] = [ego]
     boxes, labels, colors = [], [], []
     for cls, x, y, yaw in _candidates(rng, roads):

@@ -57,9 +57,16 @@ def feature_sites(model: torch.nn.Module, override: Mapping[str, str] | None = N
 
 
 def analyze(
-    model: torch.nn.Module, frames: Sequence[Any], pattern: str, levels: int = 21, nm_policy: str = "valid",
-    forward: Callable[[torch.nn.Module, Any], Any] = default_forward, measure: bool = True,
-    worst_case: bool = False, sites: Mapping[str, str] | None = None, use_cache: bool = True,
+    model: torch.nn.Module,
+    frames: Sequence[Any],
+    pattern: str,
+    levels: int = 21,
+    nm_policy: str = "valid",
+    forward: Callable[[torch.nn.Module, Any], Any] = default_forward,
+    measure: bool = True,
+    worst_case: bool = False,
+    sites: Mapping[str, str] | None = None,
+    use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Analysis:
     """Discover, build candidates and (when ``measure``) measure δᵈ and per-site λ bounds."""
@@ -76,7 +83,9 @@ def analyze(
     sens = None
     site_lambda = [[{} for _ in c] for c in cands]
     if measure:
-        sens = measure_sensitivity(model, frames, forward, layers, cands, masks_fn, site_map, worst_case,
-                                   use_cache, progress)
+        sens = measure_sensitivity(
+            model, frames, forward, layers, cands, masks_fn, site_map, worst_case, use_cache, progress
+        )
         site_lambda = [[site_lambdas(sens.dense_site_stats, st) for st in row] for row in sens.site_stats]
+        sens.forward_counts["discovery_traced_forwards"] = float(len(traces))
     return Analysis(layers, cands, chains, sens, site_lambda, pattern, site_map)

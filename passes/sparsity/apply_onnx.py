@@ -30,8 +30,11 @@ def param_map_of(model: onnx.ModelProto) -> dict[str, str]:
     return {}
 
 
-def apply_plan_onnx(model: onnx.ModelProto, plan: SparsityPlan, name_map: Mapping[str, str] | None = None,
-                    ) -> onnx.ModelProto:
+def apply_plan_onnx(
+    model: onnx.ModelProto,
+    plan: SparsityPlan,
+    name_map: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
     """A copy of ``model`` with the plan's permutations and masks applied to its initializers."""
     import torch
 
@@ -42,8 +45,10 @@ def apply_plan_onnx(model: onnx.ModelProto, plan: SparsityPlan, name_map: Mappin
     def const(torch_name: str) -> gs.Constant:
         onnx_name = mapping.get(torch_name, torch_name)
         if onnx_name not in consts:
-            raise SparsefuseError(f"ONNX model has no initializer {onnx_name!r} (torch {torch_name!r})",
-                                  "export the model with passes/export.py so parameters keep their names")
+            raise SparsefuseError(
+                f"ONNX model has no initializer {onnx_name!r} (torch {torch_name!r})",
+                "export the model with passes/export.py so parameters keep their names",
+            )
         return consts[onnx_name]
 
     updated: dict[str, np.ndarray] = {}
@@ -75,6 +80,8 @@ def apply_plan_onnx(model: onnx.ModelProto, plan: SparsityPlan, name_map: Mappin
             init.CopyFrom(numpy_helper.from_array(updated[init.name], init.name))
     missing = set(updated) - {init.name for init in out.graph.initializer}
     if missing:
-        raise SparsefuseError(f"tensors {sorted(missing)[:3]} are constants, not graph initializers",
-                              "export without constant folding of parameters (passes/export.py)")
+        raise SparsefuseError(
+            f"tensors {sorted(missing)[:3]} are constants, not graph initializers",
+            "export without constant folding of parameters (passes/export.py)",
+        )
     return out

@@ -24,8 +24,10 @@ def _tensor(model: torch.nn.Module, name: str) -> torch.Tensor:
         try:
             return model.get_buffer(name)
         except AttributeError:
-            raise SparsefuseError(f"plan names {name!r}, which the model does not have",
-                                  "apply the plan to the model it was made for") from None
+            raise SparsefuseError(
+                f"plan names {name!r}, which the model does not have",
+                "apply the plan to the model it was made for",
+            ) from None
 
 
 def apply_permutations(model: torch.nn.Module, plan: SparsityPlan) -> None:
@@ -79,9 +81,14 @@ def thin_model(model: torch.nn.Module, plan: SparsityPlan) -> torch.nn.Module:
         if layer.pattern == "channel" and layer.level > 0:
             tensors = {k: int(v) for k, v in layer.channel["tensors"].items()}
             consumer = layer.channel["consumer"]
-            chain = ChannelChain(layer.name, consumer, tensors[layer.name], tensors[consumer],
-                                 tuple((k, v) for k, v in tensors.items() if k not in (layer.name, consumer)),
-                                 weights[layer.name].shape[layer.out_axis])
+            chain = ChannelChain(
+                layer.name,
+                consumer,
+                tensors[layer.name],
+                tensors[consumer],
+                tuple((k, v) for k, v in tensors.items() if k not in (layer.name, consumer)),
+                weights[layer.name].shape[layer.out_axis],
+            )
             chains.append((chain, filter_mask(weights[layer.name], layer.out_axis, layer.level)))
     reapply_masks(thin, {k: v for k, v in masks.items()})
     for chain, keep in chains:

@@ -25,7 +25,9 @@ def uniform_levels(costs: Sequence[float], budget_fraction: float) -> list[float
 
 def _greedy_keep(scores: Sequence[np.ndarray], costs: Sequence[float], budget_fraction: float) -> list[float]:
     """Keep the highest-scored weights globally while Σ per-weight cost ≤ budget; returns levels."""
-    per_weight = np.concatenate([np.full(s.size, c / max(s.size, 1)) for s, c in zip(scores, costs, strict=True)])
+    per_weight = np.concatenate(
+        [np.full(s.size, c / max(s.size, 1)) for s, c in zip(scores, costs, strict=True)]
+    )
     owner = np.concatenate([np.full(s.size, i) for i, s in enumerate(scores)])
     flat = np.concatenate([s.ravel() for s in scores])
     order = np.argsort(-flat, kind="stable")
@@ -35,8 +37,12 @@ def _greedy_keep(scores: Sequence[np.ndarray], costs: Sequence[float], budget_fr
     return [1.0 - kept[i] / s.size for i, s in enumerate(scores)]
 
 
-def global_levels(weights: Sequence[torch.Tensor], costs: Sequence[float], budget_fraction: float) -> list[float]:
-    return _greedy_keep([w.detach().abs().double().flatten().numpy() for w in weights], costs, budget_fraction)
+def global_levels(
+    weights: Sequence[torch.Tensor], costs: Sequence[float], budget_fraction: float
+) -> list[float]:
+    return _greedy_keep(
+        [w.detach().abs().double().flatten().numpy() for w in weights], costs, budget_fraction
+    )
 
 
 def lamp_scores(weight: torch.Tensor) -> np.ndarray:
@@ -50,11 +56,15 @@ def lamp_scores(weight: torch.Tensor) -> np.ndarray:
     return scores
 
 
-def lamp_levels(weights: Sequence[torch.Tensor], costs: Sequence[float], budget_fraction: float) -> list[float]:
+def lamp_levels(
+    weights: Sequence[torch.Tensor], costs: Sequence[float], budget_fraction: float
+) -> list[float]:
     return _greedy_keep([lamp_scores(w) for w in weights], costs, budget_fraction)
 
 
-def erk_levels(shapes: Sequence[Sequence[int]], costs: Sequence[float], budget_fraction: float) -> list[float]:
+def erk_levels(
+    shapes: Sequence[Sequence[int]], costs: Sequence[float], budget_fraction: float
+) -> list[float]:
     raw = np.array([sum(s) / float(np.prod(s)) for s in shapes])
     cost = np.asarray(costs, dtype=np.float64)
     target = budget_fraction * cost.sum()

@@ -1,7 +1,8 @@
 """Calibration frames: how a frame is fed to the model, how outputs are flattened, synthetic frames.
 
-A frame is a dict of tensors. The reference model takes ``model(images, points)``; any other
-model is called as ``model(**frame)``. Outputs may be a dict, a tuple or a tensor; they are
+A frame is a dict of tensors (or numpy arrays). The reference model takes ``model(images, points)``
+(synthetic-benchmark frames also carry labels, which are ignored); any other model is called as
+``model(**frame)``. Outputs may be a dict, a tuple or a tensor; they are
 flattened to a name -> tensor dict (dict keys, or "out0", "out1", …).
 """
 
@@ -15,8 +16,8 @@ import torch
 
 def default_forward(model: torch.nn.Module, frame: Mapping[str, torch.Tensor]) -> Any:
     """One forward of ``model`` on one frame (batch size 1)."""
-    if "images" in frame and "points" in frame and len(frame) == 2:
-        return model(frame["images"], frame["points"])
+    if "images" in frame and "points" in frame:  # reference model; extra keys (labels) are ignored
+        return model(torch.as_tensor(frame["images"]), torch.as_tensor(frame["points"]))
     return model(**frame)
 
 
@@ -33,7 +34,9 @@ def flatten_outputs(outputs: Any) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()}
 
 
-def synthetic_frames(template: Mapping[str, torch.Tensor], count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def synthetic_frames(
+    template: Mapping[str, torch.Tensor], count: int, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
     """Frames with the template's shapes, float tensors drawn uniformly between the template's
     per-last-dim min and max (points stay inside the LiDAR range, images in [0, 1]); other
     tensors are copied. RD-Prune's zero-data mode, adapted to structured multimodal inputs."""
@@ -41,7 +44,8 @@ def synthetic_frames(template: Mapping[str, torch.Tensor], count: int, seed: int
     frames = []
     for _ in range(count):
         frame = {}
-        for name, t in template.items():
+        for name, value in template.items():
+            t = torch.as_tensor(value)
             if not t.is_floating_point() or t.numel() == 0:
                 frame[name] = t.clone()
                 continue

@@ -37,7 +37,11 @@ def level_grid(levels: int) -> list[float]:
 
 
 def candidates_for(
-    layer: PrunableLayer, pattern: str, levels: int, nm_policy: str, chain: ChannelChain | str | None,
+    layer: PrunableLayer,
+    pattern: str,
+    levels: int,
+    nm_policy: str,
+    chain: ChannelChain | str | None,
 ) -> list[Candidate]:
     """The candidate list of one layer; always starts with the dense candidate."""
     dense = Candidate(DENSE, 0.0)
@@ -56,7 +60,10 @@ def candidates_for(
 
 
 def candidate_masks(
-    layer: PrunableLayer, weights: Mapping[str, torch.Tensor], cand: Candidate, chain: ChannelChain | str | None,
+    layer: PrunableLayer,
+    weights: Mapping[str, torch.Tensor],
+    cand: Candidate,
+    chain: ChannelChain | str | None,
 ) -> dict[str, torch.Tensor]:
     """Masks (True = kept) that realize ``cand`` on ``layer``; channel candidates also mask the
     consumer's input channels, which is what removing the filters does to the function."""
@@ -88,7 +95,10 @@ def kept_params(layer: PrunableLayer, cand: Candidate) -> int:
 
 
 def candidate_cost(
-    layer: PrunableLayer, cand: Candidate, kind: str, latency: Mapping[str, Mapping[str, float]] | None = None,
+    layer: PrunableLayer,
+    cand: Candidate,
+    kind: str,
+    latency: Mapping[str, Mapping[str, float]] | None = None,
 ) -> float:
     """Cost of ``cand``: kept params, kept FLOPs (dense FLOPs × kept fraction) or table latency (ms)."""
     if kind == "params":
@@ -99,7 +109,9 @@ def candidate_cost(
         assert latency is not None
         row = latency.get(layer.name)
         if row is None or cand.key not in row:
-            raise SparsefuseError(f"latency table has no entry for layer {layer.name!r}, candidate {cand.key!r}",
-                                  "profile every (layer, candidate) key or drop the layer from the table")
+            raise SparsefuseError(
+                f"latency table has no entry for layer {layer.name!r}, candidate {cand.key!r}",
+                "profile every (layer, candidate) key or drop the layer from the table",
+            )
         return float(row[cand.key])
     raise ValueError(kind)

@@ -21,10 +21,29 @@ from sparsefuse.passes.sparsity.discover import CHANNEL_AXES, PrunableLayer
 from sparsefuse.passes.sparsity.patterns import expand_axis_mask
 from sparsefuse.passes.sparsity.trace import Call, Trace
 
-PER_CHANNEL_OPS = frozenset({
-    "batch_norm", "relu", "relu_", "leaky_relu", "leaky_relu_", "gelu", "silu", "silu_", "sigmoid",
-    "tanh", "hardtanh", "hardtanh_", "relu6", "elu", "hardswish", "mish", "dropout", "contiguous", "clone",
-})
+PER_CHANNEL_OPS = frozenset(
+    {
+        "batch_norm",
+        "relu",
+        "relu_",
+        "leaky_relu",
+        "leaky_relu_",
+        "gelu",
+        "silu",
+        "silu_",
+        "sigmoid",
+        "tanh",
+        "hardtanh",
+        "hardtanh_",
+        "relu6",
+        "elu",
+        "hardswish",
+        "mish",
+        "dropout",
+        "contiguous",
+        "clone",
+    }
+)
 _LAYER_OPS = {"conv1d", "conv2d", "conv3d", "conv_transpose2d", "linear", "sparse_conv3d"}
 _BIAS_ARG = {"sparse_conv3d": 3}  # others: args[2]
 
@@ -81,8 +100,16 @@ def find_chain(trace: Trace, producer: PrunableLayer, layers: dict[str, Prunable
             return f"{producer.name}: output has {len(consumers)} consumers ({ops}): branch/residual join"
         if nxt.op in PER_CHANNEL_OPS:
             if nxt.op == "batch_norm":
-                for arg_index in (1, 2, 3, 4):
-                    name = trace.name_of(nxt.args[arg_index]) if len(nxt.args) > arg_index else None
+                bound = (
+                    dict(
+                        zip(
+                            ("input", "running_mean", "running_var", "weight", "bias"), nxt.args, strict=False
+                        )
+                    )
+                    | nxt.kwargs
+                )
+                for key in ("running_mean", "running_var", "weight", "bias"):
+                    name = trace.name_of(bound.get(key))
                     if name:
                         followers.append((name, 0))
             tensor_id, pos = nxt.out_ids[0], nxt.index
@@ -100,8 +127,9 @@ def find_chain(trace: Trace, producer: PrunableLayer, layers: dict[str, Prunable
             channels = producer.shape[producer.out_axis]
             if consumer.shape[consumer.in_axis] != channels:
                 return f"{producer.name}: consumer {cname} input width differs (reshape on the way)"
-            return ChannelChain(producer.name, cname, producer.out_axis, consumer.in_axis,
-                                tuple(followers), channels)
+            return ChannelChain(
+                producer.name, cname, producer.out_axis, consumer.in_axis, tuple(followers), channels
+            )
         return f"{producer.name}: output reaches '{nxt.op}' (residual/concat join or non-channel-wise op)"
 
 
@@ -111,7 +139,9 @@ def find_chains(trace: Trace, layers: Sequence[PrunableLayer]) -> dict[str, Chan
     return {layer.name: find_chain(trace, layer, by_name) for layer in layers}
 
 
-def chain_masks(chain: ChannelChain, keep: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+def chain_masks(
+    chain: ChannelChain, keep: torch.Tensor, shapes: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
     """Weight masks equivalent to removing the channels where ``keep`` is False."""
     return {
         chain.producer: expand_axis_mask(keep, shapes[chain.producer], chain.producer_axis),
@@ -161,5 +191,12 @@ def _set_width(module: torch.nn.Module, attrs: tuple[str, ...], width: int) -> N
             setattr(module, attr, width)
 
 
-__all__ = ["CHANNEL_AXES", "ChannelChain", "chain_masks", "find_chain", "find_chains", "permute_chain",
-           "thin_chain"]
+__all__ = [
+    "CHANNEL_AXES",
+    "ChannelChain",
+    "chain_masks",
+    "find_chain",
+    "find_chains",
+    "permute_chain",
+    "thin_chain",
+]

@@ -47,13 +47,19 @@ class SparsityConfig:
         _check_choice("budget kind", self.budget_kind, BUDGET_KINDS)
         _check_choice("nm_policy", self.nm_policy, NM_POLICIES)
         if not 0.0 < self.budget <= 1.0:
-            raise SparsefuseError(f"budget {self.budget} is outside (0, 1]",
-                                  "give the fraction of the dense cost to keep, e.g. params=0.25")
+            raise SparsefuseError(
+                f"budget {self.budget} is outside (0, 1]",
+                "give the fraction of the dense cost to keep, e.g. params=0.25",
+            )
         if self.budget_kind == "latency" and not self.latency_table:
-            raise SparsefuseError("a latency budget needs a table file", "use --budget latency=<table.json>[@0.6]")
+            raise SparsefuseError(
+                "a latency budget needs a table file", "use --budget latency=<table.json>[@0.6]"
+            )
         if self.calib < 1 or self.levels < 2 or self.dp_resolution < 16:
-            raise SparsefuseError(f"calib={self.calib}, levels={self.levels}, dp_resolution={self.dp_resolution}",
-                                  "need calib ≥ 1, levels ≥ 2, dp_resolution ≥ 16")
+            raise SparsefuseError(
+                f"calib={self.calib}, levels={self.levels}, dp_resolution={self.dp_resolution}",
+                "need calib ≥ 1, levels ≥ 2, dp_resolution ≥ 16",
+            )
         if self.beta < 0:
             raise SparsefuseError(f"beta={self.beta} is negative", "use beta ≥ 0 (0 = plain RD-Prune)")
 
@@ -76,13 +82,15 @@ def parse_budget(text: str) -> tuple[str, float, str | None]:
     kind, sep, value = text.partition("=")
     kind = kind.strip()
     if not sep or kind not in BUDGET_KINDS:
-        raise SparsefuseError(f"cannot parse budget {text!r}",
-                              "use params=0.25, flops=0.4 or latency=<table.json>[@0.6]")
+        raise SparsefuseError(
+            f"cannot parse budget {text!r}", "use params=0.25, flops=0.4 or latency=<table.json>[@0.6]"
+        )
     if kind == "latency":
         table, _, frac = value.partition("@")
         if not Path(table).is_file():
-            raise SparsefuseError(f"latency table {table!r} not found",
-                                  "give a JSON file {layer: {candidate_key: ms}}")
+            raise SparsefuseError(
+                f"latency table {table!r} not found", "give a JSON file {layer: {candidate_key: ms}}"
+            )
         return kind, _fraction(frac or str(DEFAULT_LATENCY_FRACTION), text), table
     return kind, _fraction(value, text), None
 
@@ -91,8 +99,9 @@ def _fraction(value: str, text: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise SparsefuseError(f"budget {text!r}: {value!r} is not a number",
-                              "give a fraction in (0, 1], e.g. params=0.25") from None
+        raise SparsefuseError(
+            f"budget {text!r}: {value!r} is not a number", "give a fraction in (0, 1], e.g. params=0.25"
+        ) from None
 
 
 def parse_weights(text: str) -> tuple[tuple[str, float], ...]:
@@ -103,8 +112,9 @@ def parse_weights(text: str) -> tuple[tuple[str, float], ...]:
         try:
             out.append((name.strip(), float(value)))
         except ValueError:
-            raise SparsefuseError(f"modality weight {part!r} is not name=number",
-                                  "use e.g. camera=1,lidar=2,fusion=1") from None
+            raise SparsefuseError(
+                f"modality weight {part!r} is not name=number", "use e.g. camera=1,lidar=2,fusion=1"
+            ) from None
     return tuple(out)
 
 
@@ -135,8 +145,9 @@ def _coerce(key: str, raw, annotation) -> object:
         if "float" in str(annotation):
             return float(raw)
     except ValueError:
-        raise SparsefuseError(f"sparsity option {key}={raw!r} has the wrong type",
-                              f"expected {annotation}") from None
+        raise SparsefuseError(
+            f"sparsity option {key}={raw!r} has the wrong type", f"expected {annotation}"
+        ) from None
     return raw
 
 
@@ -146,7 +157,9 @@ def parse_spec(spec: str) -> SparsityConfig:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")
         if not sep:
-            raise SparsefuseError(f"sparsity spec item {part!r} has no '='", "use key=value items, comma-separated")
+            raise SparsefuseError(
+                f"sparsity spec item {part!r} has no '='", "use key=value items, comma-separated"
+            )
         options[key.strip().replace("-", "_")] = value
     budget = options.pop("budget", "params=0.5")
     return config_from_options(budget, **options)

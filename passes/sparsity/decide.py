@@ -54,11 +54,20 @@ def final_masks(analysis: Analysis, weights: Mapping[str, torch.Tensor], cands: 
     return out
 
 
-def realized_cost(analysis: Analysis, weights: Mapping[str, torch.Tensor], cands: Sequence[Candidate],
-                  kind: str, latency: Mapping | None) -> float:
+def realized_cost(
+    analysis: Analysis,
+    weights: Mapping[str, torch.Tensor],
+    cands: Sequence[Candidate],
+    kind: str,
+    latency: Mapping | None,
+) -> float:
     if kind == "latency" or analysis.pattern != "channel":
-        return float(sum(candidate_cost(layer, c, kind, latency) for layer, c in zip(analysis.layers, cands,
-                                                                                      strict=True)))
+        return float(
+            sum(
+                candidate_cost(layer, c, kind, latency)
+                for layer, c in zip(analysis.layers, cands, strict=True)
+            )
+        )
     masks = final_masks(analysis, weights, cands)
     total = 0.0
     for layer in analysis.layers:
@@ -71,13 +80,26 @@ def _interp(levels: Sequence[float], values: Sequence[float], level: float) -> f
     return float(np.interp(level, levels, values))
 
 
-def decide(analysis: Analysis, weights: Mapping[str, torch.Tensor], config: SparsityConfig,
-           latency: Mapping | None = None) -> Decision:
+def decide(
+    analysis: Analysis,
+    weights: Mapping[str, torch.Tensor],
+    config: SparsityConfig,
+    latency: Mapping | None = None,
+) -> Decision:
     kind = config.budget_kind
-    costs = [[candidate_cost(layer, c, kind, latency) for c in cands]
-             for layer, cands in zip(analysis.layers, analysis.candidates, strict=True)]
+    costs = [
+        [candidate_cost(layer, c, kind, latency) for c in cands]
+        for layer, cands in zip(analysis.layers, analysis.candidates, strict=True)
+    ]
     dense_total = float(sum(row[0] for row in costs))
     budget = config.budget * dense_total
+    floor = sum(min(row) for row in costs)
+    if floor > budget * (1 + 1e-12):
+        raise SparsefuseError(
+            f"{kind} budget {config.budget:g} is below the smallest achievable fraction "
+            f"{floor / dense_total:.4f} for pattern {analysis.pattern!r}",
+            f"use a budget ≥ {floor / dense_total:.4f} or another pattern",
+        )
     dist = analysis.distortion()
     lam = analysis.lam(config.weights())
     delta, d_ref, l_ref = regularized_distortion(dist, lam, config.effective_beta)
@@ -101,39 +123,69 @@ def decide(analysis: Analysis, weights: Mapping[str, torch.Tensor], config: Spar
     else:
         cands, alloc = choose(budget)
     if config.allocator in DP_ALLOCATORS and analysis.pattern == "unstructured" and kind != "latency":
-        cands = _fill_slack(analysis, cands, costs, delta, budget - realized_cost(analysis, weights, cands, kind,
-                                                                                   latency), kind)
+        cands = _fill_slack(
+            analysis,
+            cands,
+            costs,
+            delta,
+            budget - realized_cost(analysis, weights, cands, kind, latency),
+            kind,
+        )
     chosen_d, chosen_l, chosen_delta = [], [], []
     for i, cand in enumerate(cands):
         grid = [c.level for c in analysis.candidates[i]]
         k = analysis.candidates[i].index(cand) if cand in analysis.candidates[i] else None
         for out, table in ((chosen_d, dist), (chosen_l, lam), (chosen_delta, delta)):
             out.append(float(table[i][k]) if k is not None else _interp(grid, table[i], cand.level))
-    chosen_cost = [candidate_cost(layer, cand, kind, latency) for layer, cand in zip(analysis.layers, cands,
-                                                                                      strict=True)]
+    chosen_cost = [
+        candidate_cost(layer, cand, kind, latency) for layer, cand in zip(analysis.layers, cands, strict=True)
+    ]
     achieved = realized_cost(analysis, weights, cands, kind, latency)
-    return Decision(cands, chosen_d, chosen_l, chosen_delta, chosen_cost, dense_total, budget, achieved, alloc,
-                    alloc.solve_seconds if alloc else 0.0, d_ref, l_ref)
+    return Decision(
+        cands,
+        chosen_d,
+        chosen_l,
+        chosen_delta,
+        chosen_cost,
+        dense_total,
+        budget,
+        achieved,
+        alloc,
+        alloc.solve_seconds if alloc else 0.0,
+        d_ref,
+        l_ref,
+    )
 
 
-def _baseline(analysis: Analysis, weights: Mapping[str, torch.Tensor], config: SparsityConfig,
-              costs: Sequence[Sequence[float]], budget: float) -> list[Candidate]:
+def _baseline(
+    analysis: Analysis,
+    weights: Mapping[str, torch.Tensor],
+    config: SparsityConfig,
+    costs: Sequence[Sequence[float]],
+    budget: float,
+) -> list[Candidate]:
     if config.budget_kind == "latency":
-        raise SparsefuseError(f"allocator {config.allocator!r} supports params/flops budgets only",
-                              "use mmprune4u or rdprune with a latency table")
+        raise SparsefuseError(
+            f"allocator {config.allocator!r} supports params/flops budgets only",
+            "use mmprune4u or rdprune with a latency table",
+        )
     layers, pattern = analysis.layers, analysis.pattern
     if pattern == "2:4":
         if config.allocator != "uniform":
-            raise SparsefuseError(f"allocator {config.allocator!r} has nothing to choose in 2:4 mode",
-                                  "use uniform (every eligible layer 2:4), mmprune4u or rdprune")
+            raise SparsefuseError(
+                f"allocator {config.allocator!r} has nothing to choose in 2:4 mode",
+                "use uniform (every eligible layer 2:4), mmprune4u or rdprune",
+            )
         return [c[-1] for c in analysis.candidates]
     free = [i for i, c in enumerate(analysis.candidates) if len(c) > 1]
     fixed_cost = sum(costs[i][0] for i in range(len(layers)) if i not in free)
     free_cost = [costs[i][0] for i in free]
     frac = (budget - fixed_cost) / max(sum(free_cost), 1e-300)
     if frac <= 0:
-        raise SparsefuseError("budget is below the cost of the layers this pattern cannot prune",
-                              "raise the budget or use the unstructured pattern")
+        raise SparsefuseError(
+            "budget is below the cost of the layers this pattern cannot prune",
+            "raise the budget or use the unstructured pattern",
+        )
     frac = min(frac, 1.0)
     if config.allocator == "uniform":
         levels = baselines.uniform_levels(free_cost, frac)
@@ -157,13 +209,15 @@ def _baseline(analysis: Analysis, weights: Mapping[str, torch.Tensor], config: S
     return out
 
 
-def _fill_slack(analysis: Analysis, cands: list[Candidate], costs, delta, slack: float, kind: str) -> list[Candidate]:
+def _fill_slack(
+    analysis: Analysis, cands: list[Candidate], costs, delta, slack: float, kind: str
+) -> list[Candidate]:
     """Spend unused budget by lowering levels (off-grid) where δ falls fastest per unit of cost."""
     if slack <= 0:
         return cands
     out = list(cands)
     moves = []
-    for i, (layer, cand) in enumerate(zip(analysis.layers, cands, strict=True)):
+    for i, cand in enumerate(cands):
         k = analysis.candidates[i].index(cand) if cand in analysis.candidates[i] else None
         if not k:
             continue

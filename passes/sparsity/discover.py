@@ -29,8 +29,12 @@ MODALITIES = ("camera", "lidar", "fusion", "head")
 _DENSE_CONVS = {"conv1d": "conv1d", "conv2d": "conv2d", "conv3d": "conv3d"}
 # Per kind: (axis of output channels, axis of input channels) in the weight tensor.
 CHANNEL_AXES = {
-    "conv1d": (0, 1), "conv2d": (0, 1), "conv3d": (0, 1), "linear": (0, 1),
-    "conv_transpose2d": (1, 0), "sparseconv3d": (0, 4),
+    "conv1d": (0, 1),
+    "conv2d": (0, 1),
+    "conv3d": (0, 1),
+    "linear": (0, 1),
+    "conv_transpose2d": (1, 0),
+    "sparseconv3d": (0, 4),
 }
 
 
@@ -73,7 +77,11 @@ def nm_eligibility(kind: str, shape: Sequence[int], groups: int) -> tuple[bool, 
     elif kind == "sparseconv3d":
         c, rs = shape[4], shape[1] * shape[2] * shape[3]
     else:
-        return False, False, f"{kind}: not a TensorRT sparse-eligible layer type (conv2d, linear, sparse conv)"
+        return (
+            False,
+            False,
+            f"{kind}: not a TensorRT sparse-eligible layer type (conv2d, linear, sparse conv)",
+        )
     if groups != 1:
         return False, False, f"grouped conv (groups={groups}): no 2:4 along a split reduction"
     if c % 4:
@@ -108,12 +116,29 @@ def _kernel_pairs(call: Call) -> int:
     """Active (input, output) pairs of a sparse conv call, from its kernel map."""
     from sparsefuse.plugins.sparse_conv3d import build_kernel_map
 
-    names = ("features", "coords", "weight", "bias", "spatial_shape", "kernel_size", "stride",
-             "padding", "dilation", "subm", "activation")
+    names = (
+        "features",
+        "coords",
+        "weight",
+        "bias",
+        "spatial_shape",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "subm",
+        "activation",
+    )
     bound = dict(zip(names, call.args, strict=False)) | call.kwargs
-    kmap = build_kernel_map(bound["coords"], list(bound["spatial_shape"]), list(bound["kernel_size"]),
-                            list(bound["stride"]), list(bound["padding"]), list(bound["dilation"]),
-                            bool(bound["subm"]))
+    kmap = build_kernel_map(
+        bound["coords"],
+        list(bound["spatial_shape"]),
+        list(bound["kernel_size"]),
+        list(bound["stride"]),
+        list(bound["padding"]),
+        list(bound["dilation"]),
+        bool(bound["subm"]),
+    )
     return int(sum(int(idx.numel()) for idx in kmap.in_index))
 
 
@@ -140,21 +165,35 @@ def layers_from_traces(traces: Sequence[Trace]) -> list[PrunableLayer]:
                 continue
             kind, flops, groups = info
             per_trace[name] = per_trace.get(name, 0.0) + flops
-            found.setdefault(name, {"kind": kind, "shape": tuple(weight.shape), "groups": groups, "flops": []})
+            found.setdefault(
+                name, {"kind": kind, "shape": tuple(weight.shape), "groups": groups, "flops": []}
+            )
         for name, flops in per_trace.items():
             found[name]["flops"].append(flops)
     layers = []
     for name, info in found.items():
         valid, rec, reason = nm_eligibility(info["kind"], info["shape"], info["groups"])
-        layers.append(PrunableLayer(
-            name=name, kind=info["kind"], modality=modality_of(name), shape=info["shape"],
-            params=math.prod(info["shape"]), flops=float(sum(info["flops"]) / len(traces)),
-            groups=info["groups"], nm_valid=valid, nm_recommended=rec, nm_reason=reason))
+        layers.append(
+            PrunableLayer(
+                name=name,
+                kind=info["kind"],
+                modality=modality_of(name),
+                shape=info["shape"],
+                params=math.prod(info["shape"]),
+                flops=float(sum(info["flops"]) / len(traces)),
+                groups=info["groups"],
+                nm_valid=valid,
+                nm_recommended=rec,
+                nm_reason=reason,
+            )
+        )
     return layers
 
 
 def discover_layers(
-    model: torch.nn.Module, frames: Sequence[Any], forward: Callable[[torch.nn.Module, Any], Any],
+    model: torch.nn.Module,
+    frames: Sequence[Any],
+    forward: Callable[[torch.nn.Module, Any], Any],
     max_frames: int = 4,
 ) -> tuple[list[PrunableLayer], list[Trace]]:
     """Trace up to ``max_frames`` calibration frames; returns (layers, traces)."""

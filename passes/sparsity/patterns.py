@@ -56,7 +56,12 @@ def retained_magnitude(weight: torch.Tensor, axis: int, n: int = 2, m: int = 4) 
 
 
 def search_permutation(
-    weight: torch.Tensor, axis: int, trials: int = 4000, seed: int = 0, n: int = 2, m: int = 4,
+    weight: torch.Tensor,
+    axis: int,
+    trials: int = 4000,
+    seed: int = 0,
+    n: int = 2,
+    m: int = 4,
 ) -> np.ndarray:
     """Permutation ``perm`` of the reduction axis (new channel j = old channel perm[j]) that raises
     the magnitude an n:m mask retains. Greedy random channel swaps between two groups, accepted when

@@ -78,8 +78,10 @@ class SparsityPlan:
     @staticmethod
     def from_json(obj: Mapping[str, Any]) -> SparsityPlan:
         if obj.get("schema_version") != SCHEMA_VERSION:
-            raise SparsefuseError(f"plan schema_version {obj.get('schema_version')} is not {SCHEMA_VERSION}",
-                                  "re-run sparsefuse prune with this version")
+            raise SparsefuseError(
+                f"plan schema_version {obj.get('schema_version')} is not {SCHEMA_VERSION}",
+                "re-run sparsefuse prune with this version",
+            )
         data = dict(obj)
         data["layers"] = [LayerPlan(**layer) for layer in obj["layers"]]
         return SparsityPlan(**data)
@@ -96,8 +98,14 @@ def read_plan(path: str | Path) -> SparsityPlan:
         raise SparsefuseError(f"cannot read plan {path}: {exc}", "point at a sparsity/plan.json") from None
 
 
-def write_curves(out_dir: str | Path, names: list[str], levels: list[list[float]], distortion: list[list[float]],
-                 lam: list[list[float]], costs: list[list[float]]) -> Path:
+def write_curves(
+    out_dir: str | Path,
+    names: list[str],
+    levels: list[list[float]],
+    distortion: list[list[float]],
+    lam: list[list[float]],
+    costs: list[list[float]],
+) -> Path:
     """curves.npz: ragged per-layer arrays stored padded with NaN, [L, Kmax]."""
     kmax = max((len(r) for r in levels), default=0)
 
@@ -110,12 +118,20 @@ def write_curves(out_dir: str | Path, names: list[str], levels: list[list[float]
     dest = Path(out_dir) / "curves.npz"
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, names=np.array(names), levels=pad(levels), distortion=pad(distortion),
-                     lam=pad(lam), cost=pad(costs))
+            np.savez(
+                handle,
+                names=np.array(names),
+                levels=pad(levels),
+                distortion=pad(distortion),
+                lam=pad(lam),
+                cost=pad(costs),
+            )
     return dest
 
 
-def layer_masks(layer: LayerPlan, weights: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
+def layer_masks(
+    layer: LayerPlan, weights: Mapping[str, torch.Tensor | np.ndarray]
+) -> dict[str, torch.Tensor]:
     """Masks (True = kept) for one layer's decision, recomputed from the (permuted) weights."""
     if layer.pattern == DENSE or layer.level == 0:
         return {}
@@ -126,7 +142,9 @@ def layer_masks(layer: LayerPlan, weights: Mapping[str, torch.Tensor | np.ndarra
         return {layer.name: nm_mask(w, layer.in_axis)}
     if layer.pattern == "channel":
         if not layer.channel or "consumer" not in layer.channel:
-            raise SparsefuseError(f"plan: channel decision for {layer.name} has no chain", "regenerate the plan")
+            raise SparsefuseError(
+                f"plan: channel decision for {layer.name} has no chain", "regenerate the plan"
+            )
         keep = filter_mask(w, layer.out_axis, layer.level)
         out = {}
         for name, axis in layer.channel["tensors"].items():
@@ -139,7 +157,9 @@ def layer_masks(layer: LayerPlan, weights: Mapping[str, torch.Tensor | np.ndarra
     raise SparsefuseError(f"plan: unknown pattern {layer.pattern!r} for {layer.name}", "regenerate the plan")
 
 
-def plan_masks(plan: SparsityPlan, weights: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
+def plan_masks(
+    plan: SparsityPlan, weights: Mapping[str, torch.Tensor | np.ndarray]
+) -> dict[str, torch.Tensor]:
     """All masks of a plan, AND-ed where a weight is touched twice (own decision + consumer)."""
     out: dict[str, torch.Tensor] = {}
     for layer in plan.layers:

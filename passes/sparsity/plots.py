@@ -13,8 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sparsefuse.atomic import atomic_path  # noqa: E402
 from sparsefuse.passes.sparsity.plan import SparsityPlan  # noqa: E402
 
-COLORS = {"camera": "tab:blue", "lidar": "tab:orange", "fusion": "tab:green", "head": "tab:red",
-          "other": "tab:gray"}
+COLORS = {
+    "camera": "tab:blue",
+    "lidar": "tab:orange",
+    "fusion": "tab:green",
+    "head": "tab:red",
+    "other": "tab:gray",
+}
 
 
 def _save(fig, dest: Path) -> Path:
@@ -27,8 +32,11 @@ def _save(fig, dest: Path) -> Path:
 def _legend(ax, modalities: Sequence[str]) -> None:
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=COLORS.get(m, "gray"), label=m) for m in dict.fromkeys(modalities)],
-              loc="upper right", fontsize=8)
+    ax.legend(
+        handles=[Patch(color=COLORS.get(m, "gray"), label=m) for m in dict.fromkeys(modalities)],
+        loc="upper right",
+        fontsize=8,
+    )
 
 
 def plot_layer_sparsity(plan: SparsityPlan, dest: Path) -> Path:
@@ -40,16 +48,24 @@ def plot_layer_sparsity(plan: SparsityPlan, dest: Path) -> Path:
     ax.set_xticklabels([layer.name.removesuffix(".weight") for layer in layers], rotation=90, fontsize=6)
     ax.set_ylim(0, 1)
     ax.set_ylabel("sparsity (fraction of weights removed)")
-    ax.set_title(f"{plan.allocator} · {plan.pattern} · {plan.budget_kind} budget {plan.budget_fraction:g} · "
-                 f"achieved sparsity {plan.achieved_sparsity:.3f}", fontsize=9)
+    ax.set_title(
+        f"{plan.allocator} · {plan.pattern} · {plan.budget_kind} budget {plan.budget_fraction:g} · "
+        f"achieved sparsity {plan.achieved_sparsity:.3f}",
+        fontsize=9,
+    )
     _legend(ax, [layer.modality for layer in layers])
     return _save(fig, dest)
 
 
-def plot_rd_curves(names: Sequence[str], modalities: Sequence[str], levels: Sequence[Sequence[float]],
-                   distortion: Sequence[Sequence[float]], dest: Path) -> Path:
+def plot_rd_curves(
+    names: Sequence[str],
+    modalities: Sequence[str],
+    levels: Sequence[Sequence[float]],
+    distortion: Sequence[Sequence[float]],
+    dest: Path,
+) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, mod, lv, d in zip(names, modalities, levels, distortion, strict=True):
+    for _name, mod, lv, d in zip(names, modalities, levels, distortion, strict=True):
         pts = [(x, y) for x, y in zip(lv, d, strict=True) if x > 0 and y > 0]
         if pts:
             ax.plot(*zip(*pts, strict=True), color=COLORS.get(mod, "gray"), alpha=0.6, lw=1, marker=".", ms=3)
@@ -61,8 +77,9 @@ def plot_rd_curves(names: Sequence[str], modalities: Sequence[str], levels: Sequ
     return _save(fig, dest)
 
 
-def plot_budget_curve(budgets: Sequence[float], totals: Sequence[float], chosen: float, dest: Path,
-                      label: str) -> Path:
+def plot_budget_curve(
+    budgets: Sequence[float], totals: Sequence[float], chosen: float, dest: Path, label: str
+) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(budgets, totals, marker="o", color="tab:purple")
     ax.axvline(chosen, color="gray", ls="--", lw=1, label="this plan's budget")

@@ -39,8 +39,12 @@ class ChannelStats:
 
 def site_stats(tensors: Sequence[torch.Tensor]) -> ChannelStats:
     """Statistics of a feature site from its per-frame tensors ([B,C,...] dense or [N,C] sparse)."""
-    rows = [t.detach().double().movedim(1, -1).reshape(-1, t.shape[1]) if t.dim() >= 2
-            else t.detach().double().reshape(-1, 1) for t in tensors]
+    rows = [
+        t.detach().double().movedim(1, -1).reshape(-1, t.shape[1])
+        if t.dim() >= 2
+        else t.detach().double().reshape(-1, 1)
+        for t in tensors
+    ]
     x = torch.cat(rows, dim=0)
     return ChannelStats(x.mean(dim=0).numpy(), x.var(dim=0, unbiased=False).numpy(), int(x.shape[0]))
 
@@ -51,7 +55,7 @@ def relative_fisher(t: ChannelStats, p: ChannelStats) -> np.ndarray:
     vt, vp = np.maximum(t.var, floor), np.maximum(p.var, floor)
     a = 1.0 / vt - 1.0 / vp
     b = p.mean / vp - t.mean / vt
-    return a * a * (vp + p.mean ** 2) + 2.0 * a * b * p.mean + b * b
+    return a * a * (vp + p.mean**2) + 2.0 * a * b * p.mean + b * b
 
 
 def log_sobolev_bound(t: ChannelStats, p: ChannelStats) -> float:
@@ -71,12 +75,16 @@ def combine_lambda(per_site: Mapping[str, float], weights: Mapping[str, float]) 
 
 
 def regularized_distortion(
-    distortion: Sequence[Sequence[float]], lam: Sequence[Sequence[float]], beta: float,
+    distortion: Sequence[Sequence[float]],
+    lam: Sequence[Sequence[float]],
+    beta: float,
 ) -> tuple[list[list[float]], float, float]:
     """δ = δᵈ/δᵈ_ref + β·λ/λ_ref, with both references the largest value in the table.
     Returns (δ table, δᵈ_ref, λ_ref); a zero reference is replaced by 1 (all-zero column)."""
     d_ref = max((max(row) for row in distortion if row), default=0.0) or 1.0
     l_ref = max((max(row) for row in lam if row), default=0.0) or 1.0
-    table = [[d / d_ref + beta * lv / l_ref for d, lv in zip(drow, lrow, strict=True)]
-             for drow, lrow in zip(distortion, lam, strict=True)]
+    table = [
+        [d / d_ref + beta * lv / l_ref for d, lv in zip(drow, lrow, strict=True)]
+        for drow, lrow in zip(distortion, lam, strict=True)
+    ]
     return table, d_ref, l_ref

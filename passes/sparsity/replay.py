@@ -66,7 +66,10 @@ class ReplayCache:
     """Recorded module calls for a list of frames; ``replay(i, pruned)`` re-runs frame i."""
 
     def __init__(
-        self, model: torch.nn.Module, frames: Sequence[Any], forward: Callable[[torch.nn.Module, Any], Any],
+        self,
+        model: torch.nn.Module,
+        frames: Sequence[Any],
+        forward: Callable[[torch.nn.Module, Any], Any],
         layer_flops: dict[str, float] | None = None,
     ) -> None:
         self.model = model
@@ -97,13 +100,18 @@ class ReplayCache:
                 out = original(*args, **kwargs)
                 outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
                 self.records[self._frame][(name, idx)] = _Record(
-                    leaves, _versions(leaves), out, outs, _versions(outs))
+                    leaves, _versions(leaves), out, outs, _versions(outs)
+                )
                 return out
             rec = self.records[self._frame].get((name, idx))
-            if (name not in self._always_run and rec is not None and rec.valid
-                    and _versions(rec.out_tensors) == rec.out_versions
-                    and len(leaves) == len(rec.inputs)
-                    and all(_same(a, b) for a, b in zip(leaves, rec.inputs, strict=True))):
+            if (
+                name not in self._always_run
+                and rec is not None
+                and rec.valid
+                and _versions(rec.out_tensors) == rec.out_versions
+                and len(leaves) == len(rec.inputs)
+                and all(_same(a, b) for a, b in zip(leaves, rec.inputs, strict=True))
+            ):
                 self.stats.reused += 1
                 return rec.output
             self.stats.executed += 1
@@ -139,8 +147,10 @@ class ReplayCache:
                 self.records.append({})
                 self.dense_outputs.append(self.forward(self.model, frame))
                 for rec in self.records[i].values():
-                    rec.valid = (_versions(rec.inputs) == rec.in_versions
-                                 and _versions(rec.out_tensors) == rec.out_versions)
+                    rec.valid = (
+                        _versions(rec.inputs) == rec.in_versions
+                        and _versions(rec.out_tensors) == rec.out_versions
+                    )
         self._dense_calls = {}
         for key in self.records[0] if self.records else {}:
             self._dense_calls[key[0]] = self._dense_calls.get(key[0], 0) + 1

@@ -62,8 +62,10 @@ def masked(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]):
 def output_variances(dense_outputs: Sequence[Any]) -> dict[str, float]:
     """Variance of every output over all its elements across the calibration frames."""
     flat = [flatten_outputs(o) for o in dense_outputs]
-    return {k: max(float(torch.cat([f[k].double().flatten() for f in flat]).var(unbiased=False)), 1e-12)
-            for k in flat[0]}
+    return {
+        k: max(float(torch.cat([f[k].double().flatten() for f in flat]).var(unbiased=False)), 1e-12)
+        for k in flat[0]
+    }
 
 
 def frame_distortion(dense: Any, pruned: Any, variances: Mapping[str, float]) -> float:
@@ -73,16 +75,24 @@ def frame_distortion(dense: Any, pruned: Any, variances: Mapping[str, float]) ->
 
 
 class _SiteHooks:
-    """Forward hooks that accumulate per-channel moments at the feature-site modules."""
+    """Forward hooks that keep each feature site's output per frame. A site that did not run in a
+    replay (an ancestor module was reused) has, by construction, its dense output for that frame."""
 
-    def __init__(self, model: torch.nn.Module, sites: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sites: Mapping[str, str],
+        dense: dict[str, dict[int, torch.Tensor]] | None = None,
+    ) -> None:
         self.sites = dict(sites)
         self.model = model
-        self.tensors: dict[str, list[torch.Tensor]] = {}
+        self.dense = dense or {}
+        self.tensors: dict[str, dict[int, torch.Tensor]] = {}
+        self.frame = 0
         self.handles: list[Any] = []
 
     def __enter__(self):
-        self.tensors = {s: [] for s in self.sites}
+        self.tensors = {s: {} for s in self.sites}
         for site, path in self.sites.items():
             module = self.model.get_submodule(path)
             self.handles.append(module.register_forward_hook(self._hook(site)))
@@ -90,9 +100,17 @@ class _SiteHooks:
 
     def _hook(self, site: str):
         def hook(_module, _inputs, output):
-            t = output if isinstance(output, torch.Tensor) else next(
-                x for x in (output.values() if isinstance(output, dict) else output) if isinstance(x, torch.Tensor))
-            self.tensors[site].append(t.detach())
+            t = (
+                output
+                if isinstance(output, torch.Tensor)
+                else next(
+                    x
+                    for x in (output.values() if isinstance(output, dict) else output)
+                    if isinstance(x, torch.Tensor)
+                )
+            )
+            self.tensors[site][self.frame] = t.detach()
+
         return hook
 
     def __exit__(self, *exc):
@@ -100,14 +118,25 @@ class _SiteHooks:
             h.remove()
         self.handles = []
 
-    def stats(self) -> dict[str, ChannelStats]:
-        return {site: site_stats(ts) for site, ts in self.tensors.items() if ts}
+    def stats(self, frames: int) -> dict[str, ChannelStats]:
+        out = {}
+        for site, per_frame in self.tensors.items():
+            ts = [per_frame.get(f, self.dense.get(site, {}).get(f)) for f in range(frames)]
+            if all(t is not None for t in ts):
+                out[site] = site_stats(ts)
+        return out
 
 
 def measure_sensitivity(
-    model: torch.nn.Module, frames: Sequence[Any], forward: Callable[[torch.nn.Module, Any], Any],
-    layers: Sequence[PrunableLayer], candidates: Sequence[Sequence[Candidate]], masks_fn: MasksFn,
-    sites: Mapping[str, str] | None = None, worst_case: bool = False, use_cache: bool = True,
+    model: torch.nn.Module,
+    frames: Sequence[Any],
+    forward: Callable[[torch.nn.Module, Any], Any],
+    layers: Sequence[PrunableLayer],
+    candidates: Sequence[Sequence[Candidate]],
+    masks_fn: MasksFn,
+    sites: Mapping[str, str] | None = None,
+    worst_case: bool = False,
+    use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Sensitivity:
     """δᵈ[i,k] for every layer and candidate (level-0 candidates cost nothing: δᵈ = 0)."""
@@ -115,8 +144,10 @@ def measure_sensitivity(
     sites = dict(sites or {})
     layer_flops = _module_call_flops(model, layers, frames, forward)
     with _SiteHooks(model, sites) as hooks:
-        cache = ReplayCache(model, frames, forward, layer_flops)
-    dense_stats = hooks.stats()
+        hooks.frame = -1  # the recorder sets frames itself; capture per frame below
+        cache = _record(model, frames, forward, layer_flops, hooks)
+    dense_tensors = hooks.tensors
+    dense_stats = hooks.stats(len(frames))
     variances = output_variances(cache.dense_outputs)
     dist: list[list[float]] = []
     stats: list[list[dict[str, ChannelStats]]] = []
@@ -130,13 +161,14 @@ def measure_sensitivity(
                 continue
             masks = masks_fn(layer, cand)
             per_frame = []
-            with masked(model, masks), _SiteHooks(model, sites) as hooks:
+            with masked(model, masks), _SiteHooks(model, sites, dense_tensors) as hooks:
                 for f in range(len(frames)):
+                    hooks.frame = f
                     out = cache.replay(f, list(masks)) if use_cache else cache.full_forward(f)
                     per_frame.append(frame_distortion(cache.dense_outputs[f], out, variances))
             evaluated += 1
             row.append(float(max(per_frame) if worst_case else np.mean(per_frame)))
-            srow.append(hooks.stats())
+            srow.append(hooks.stats(len(frames)))
         dist.append(row)
         stats.append(srow)
         if progress:
@@ -149,6 +181,7 @@ def measure_sensitivity(
         "naive_full_forwards": float(sum(len(c) for c in candidates) * len(frames)),
         "needed_full_forwards_without_cache": float(evaluated * len(frames)),
         "recording_forwards": float(len(frames)),
+        "flop_probe_forwards": 1.0,
         "equivalent_full_forwards": float(cache.stats.layer_flops_executed / total_flops) + len(frames),
         "module_calls_executed": float(cache.stats.executed),
         "module_calls_reused": float(cache.stats.reused),
@@ -157,16 +190,30 @@ def measure_sensitivity(
     return Sensitivity(dist, stats, dense_stats, counts, time.perf_counter() - start)
 
 
-def _module_call_flops(model: torch.nn.Module, layers: Sequence[PrunableLayer], frames: Sequence[Any],
-                       forward: Callable) -> dict[str, float]:
+def _record(model, frames, forward, layer_flops, hooks: _SiteHooks) -> ReplayCache:
+    """Record the dense run frame by frame so the site hooks know which frame they see."""
+
+    def frame_forward(m, frame):
+        hooks.frame = next(i for i, f in enumerate(frames) if f is frame)
+        return forward(m, frame)
+
+    return ReplayCache(model, frames, frame_forward, layer_flops)
+
+
+def _module_call_flops(
+    model: torch.nn.Module, layers: Sequence[PrunableLayer], frames: Sequence[Any], forward: Callable
+) -> dict[str, float]:
     """Module name -> FLOPs of one call of its prunable layer (layer FLOPs / calls per frame)."""
     counts: dict[str, int] = {}
     handles = []
     owners = {layer.name.rpartition(".")[0]: layer for layer in layers}
     for name in owners:
         module = model.get_submodule(name)
-        handles.append(module.register_forward_pre_hook(
-            lambda _m, _a, n=name: counts.__setitem__(n, counts.get(n, 0) + 1)))
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda _m, _a, n=name: counts.__setitem__(n, counts.get(n, 0) + 1)
+            )
+        )
     try:
         with torch.no_grad():
             forward(model, frames[0])

@@ -36,21 +36,25 @@ def load_latency_table(path: str | Path) -> dict[str, dict[str, float]]:
     try:
         obj = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise SparsefuseError(f"cannot read latency table {path}: {exc}",
-                              "give a JSON file {layer: {candidate_key: ms}}") from None
+        raise SparsefuseError(
+            f"cannot read latency table {path}: {exc}", "give a JSON file {layer: {candidate_key: ms}}"
+        ) from None
     obj = obj.get("layers", obj)
     return {str(k): {str(c): float(v) for c, v in row.items()} for k, row in obj.items()}
 
 
-def search_permutations(model: torch.nn.Module, frames: Sequence[Any], forward: Callable, nm_policy: str,
-                        seed: int = 0) -> dict[str, dict]:
+def search_permutations(
+    model: torch.nn.Module, frames: Sequence[Any], forward: Callable, nm_policy: str, seed: int = 0
+) -> dict[str, dict]:
     """For every 2:4-eligible layer fed by a straight chain, find and APPLY (in place) a channel
     permutation raising the magnitude its 2:4 mask keeps. Returns {consumer: {"order", "tensors",
     "gain"}} in the plan's format; the model's function is unchanged."""
     from sparsefuse.passes.sparsity.channel import find_chains
 
     layers, traces = discover_layers(model, frames[:1], forward, max_frames=1)
-    by_consumer = {c.consumer: c for c in find_chains(traces[0], layers).values() if isinstance(c, ChannelChain)}
+    by_consumer = {
+        c.consumer: c for c in find_chains(traces[0], layers).values() if isinstance(c, ChannelChain)
+    }
     out = {}
     for layer in layers:
         ok = layer.nm_recommended if nm_policy == "tensorrt" else layer.nm_valid
@@ -69,8 +73,14 @@ def search_permutations(model: torch.nn.Module, frames: Sequence[Any], forward: 
     return out
 
 
-def build_plan(analysis: Analysis, decision: Decision, config: SparsityConfig, weights: Mapping[str, torch.Tensor],
-               forward_counts: Mapping[str, float], permutations: Mapping[str, dict] | None = None) -> SparsityPlan:
+def build_plan(
+    analysis: Analysis,
+    decision: Decision,
+    config: SparsityConfig,
+    weights: Mapping[str, torch.Tensor],
+    forward_counts: Mapping[str, float],
+    permutations: Mapping[str, dict] | None = None,
+) -> SparsityPlan:
     masks = final_masks(analysis, weights, decision.candidates)
     layer_plans, kept_total, params_total = [], 0, 0
     for i, (layer, cand) in enumerate(zip(analysis.layers, decision.candidates, strict=True)):
@@ -78,34 +88,74 @@ def build_plan(analysis: Analysis, decision: Decision, config: SparsityConfig, w
         kept_total += kept
         params_total += layer.params
         chain = analysis.chains.get(layer.name)
-        channel = ({"consumer": chain.consumer, "tensors": chain.tensors()} if isinstance(chain, ChannelChain)
-                   else {"refused": chain}) if analysis.pattern == "channel" else None
+        channel = (
+            (
+                {"consumer": chain.consumer, "tensors": chain.tensors()}
+                if isinstance(chain, ChannelChain)
+                else {"refused": chain}
+            )
+            if analysis.pattern == "channel"
+            else None
+        )
         perm = dict((permutations or {}).get(layer.name) or {}) or None
-        layer_plans.append(LayerPlan(
-            name=layer.name, kind=layer.kind, modality=layer.modality, shape=list(layer.shape),
-            pattern=cand.pattern, level=float(cand.level), params=layer.params, params_kept=kept,
-            flops=layer.flops, flops_kept=layer.flops * kept / layer.params, distortion=decision.distortion[i],
-            lam=decision.lam[i], delta=decision.delta[i], cost=decision.cost[i], nm_valid=layer.nm_valid,
-            nm_recommended=layer.nm_recommended, nm_reason=layer.nm_reason, in_axis=layer.in_axis,
-            out_axis=layer.out_axis, channel=channel, permutation=perm))
+        layer_plans.append(
+            LayerPlan(
+                name=layer.name,
+                kind=layer.kind,
+                modality=layer.modality,
+                shape=list(layer.shape),
+                pattern=cand.pattern,
+                level=float(cand.level),
+                params=layer.params,
+                params_kept=kept,
+                flops=layer.flops,
+                flops_kept=layer.flops * kept / layer.params,
+                distortion=decision.distortion[i],
+                lam=decision.lam[i],
+                delta=decision.delta[i],
+                cost=decision.cost[i],
+                nm_valid=layer.nm_valid,
+                nm_recommended=layer.nm_recommended,
+                nm_reason=layer.nm_reason,
+                in_axis=layer.in_axis,
+                out_axis=layer.out_axis,
+                channel=channel,
+                permutation=perm,
+            )
+        )
     site_totals = _site_totals(analysis, decision)
     dp = None
     if decision.dp is not None:
-        dp = {"unit": decision.dp.unit, "error_bound": decision.dp.error_bound,
-              "solve_seconds": decision.dp.solve_seconds, "objective": decision.dp.total_distortion,
-              "resolution": config.dp_resolution}
+        dp = {
+            "unit": decision.dp.unit,
+            "error_bound": decision.dp.error_bound,
+            "solve_seconds": decision.dp.solve_seconds,
+            "objective": decision.dp.total_distortion,
+            "resolution": config.dp_resolution,
+        }
     cfg = asdict(config)
     cfg["modality_weights"] = dict(config.modality_weights)
     return SparsityPlan(
-        allocator=config.allocator, pattern=config.pattern, budget_kind=config.budget_kind,
-        budget_fraction=config.budget, budget_total=decision.budget_total, dense_total=decision.dense_total,
-        achieved_total=decision.achieved_total, achieved_fraction=decision.achieved_total / decision.dense_total,
-        achieved_sparsity=1.0 - kept_total / max(params_total, 1), beta=config.effective_beta,
-        modality_weights=config.weights(), regularizer=FORMULA,
-        normalizers={"distortion_ref": decision.d_ref, "lambda_ref": decision.l_ref}, dp=dp,
-        forward_counts=dict(forward_counts), sensitivity_seconds=(analysis.sensitivity.seconds
-                                                                  if analysis.sensitivity else 0.0),
-        site_lambda=site_totals, layers=layer_plans, config=cfg)
+        allocator=config.allocator,
+        pattern=config.pattern,
+        budget_kind=config.budget_kind,
+        budget_fraction=config.budget,
+        budget_total=decision.budget_total,
+        dense_total=decision.dense_total,
+        achieved_total=decision.achieved_total,
+        achieved_fraction=decision.achieved_total / decision.dense_total,
+        achieved_sparsity=1.0 - kept_total / max(params_total, 1),
+        beta=config.effective_beta,
+        modality_weights=config.weights(),
+        regularizer=FORMULA,
+        normalizers={"distortion_ref": decision.d_ref, "lambda_ref": decision.l_ref},
+        dp=dp,
+        forward_counts=dict(forward_counts),
+        sensitivity_seconds=(analysis.sensitivity.seconds if analysis.sensitivity else 0.0),
+        site_lambda=site_totals,
+        layers=layer_plans,
+        config=cfg,
+    )
 
 
 def _site_totals(analysis: Analysis, decision: Decision) -> dict[str, float]:
@@ -119,8 +169,9 @@ def _site_totals(analysis: Analysis, decision: Decision) -> dict[str, float]:
     return totals
 
 
-def write_artifacts(analysis: Analysis, plan: SparsityPlan, config: SparsityConfig, out_dir: Path,
-                    latency: Mapping | None) -> list[Path]:
+def write_artifacts(
+    analysis: Analysis, plan: SparsityPlan, config: SparsityConfig, out_dir: Path, latency: Mapping | None
+) -> list[Path]:
     from sparsefuse.passes.sparsity import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,25 +179,40 @@ def write_artifacts(analysis: Analysis, plan: SparsityPlan, config: SparsityConf
     levels = [[c.level for c in cands] for cands in analysis.candidates]
     dist = analysis.distortion()
     lam = analysis.lam(config.weights())
-    costs = [[candidate_cost(layer, c, config.budget_kind, latency) for c in cands]
-             for layer, cands in zip(analysis.layers, analysis.candidates, strict=True)]
-    paths = [write_plan(plan, out_dir), write_curves(out_dir, names, levels, dist, lam, costs),
-             plots.plot_layer_sparsity(plan, out_dir / "layer_sparsity.png")]
+    costs = [
+        [candidate_cost(layer, c, config.budget_kind, latency) for c in cands]
+        for layer, cands in zip(analysis.layers, analysis.candidates, strict=True)
+    ]
+    paths = [
+        write_plan(plan, out_dir),
+        write_curves(out_dir, names, levels, dist, lam, costs),
+        plots.plot_layer_sparsity(plan, out_dir / "layer_sparsity.png"),
+    ]
     if analysis.sensitivity is not None:
-        paths.append(plots.plot_rd_curves(names, [layer.modality for layer in analysis.layers], levels, dist,
-                                          out_dir / "rd_curves.png"))
+        paths.append(
+            plots.plot_rd_curves(
+                names, [layer.modality for layer in analysis.layers], levels, dist, out_dir / "rd_curves.png"
+            )
+        )
         delta, _, _ = regularized_distortion(dist, lam, config.effective_beta)
         dense = sum(row[0] for row in costs)
         budgets = [b for b in np.linspace(0.05, 1.0, 20) if b * dense >= sum(min(r) for r in costs)]
         totals = [solve_mckp(costs, delta, b * dense, config.dp_resolution).total_distortion for b in budgets]
-        paths.append(plots.plot_budget_curve(budgets, totals, config.budget, out_dir / "budget_distortion.png",
-                                             config.budget_kind))
+        paths.append(
+            plots.plot_budget_curve(
+                budgets, totals, config.budget, out_dir / "budget_distortion.png", config.budget_kind
+            )
+        )
     return paths
 
 
 def run_sparsity_stage(
-    model: torch.nn.Module, onnx_model: Any | None, config: SparsityConfig, out_dir: str | Path,
-    frames: Sequence[Any], forward: Callable[[torch.nn.Module, Any], Any] = default_forward,
+    model: torch.nn.Module,
+    onnx_model: Any | None,
+    config: SparsityConfig,
+    out_dir: str | Path,
+    frames: Sequence[Any],
+    forward: Callable[[torch.nn.Module, Any], Any] = default_forward,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.nn.Module, Any | None, SparsityPlan]:
     """-> (pruned torch model with masks applied, pruned ONNX model or None, plan).
@@ -156,14 +222,29 @@ def run_sparsity_stage(
     """
     if not frames:
         raise SparsefuseError("no calibration frames", "pass --calib N ≥ 1 (or --synthetic)")
-    calib = (synthetic_frames(frames[0], config.calib, config.seed) if config.synthetic
-             else list(frames)[: config.calib])
+    calib = (
+        synthetic_frames(frames[0], config.calib, config.seed)
+        if config.synthetic
+        else list(frames)[: config.calib]
+    )
     latency = load_latency_table(config.latency_table) if config.budget_kind == "latency" else None
     work = copy.deepcopy(model).eval()
-    permutations = (search_permutations(work, calib, forward, config.nm_policy, config.seed)
-                    if config.pattern == "2:4" and config.permute else {})
-    analysis = analyze(work, calib, config.pattern, config.levels, config.nm_policy, forward,
-                       measure=True, worst_case=config.worst_case, progress=progress)
+    permutations = (
+        search_permutations(work, calib, forward, config.nm_policy, config.seed)
+        if config.pattern == "2:4" and config.permute
+        else {}
+    )
+    analysis = analyze(
+        work,
+        calib,
+        config.pattern,
+        config.levels,
+        config.nm_policy,
+        forward,
+        measure=True,
+        worst_case=config.worst_case,
+        progress=progress,
+    )
     weights = {n: p.detach() for n, p in work.named_parameters()}
     decision = decide(analysis, weights, config, latency)
     counts = analysis.sensitivity.forward_counts if analysis.sensitivity else {}

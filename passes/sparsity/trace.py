@@ -38,7 +38,7 @@ class Trace:
 
     def consumers(self, tensor_id: int, after: int) -> list[Call]:
         """Calls after position ``after`` that read ``tensor_id`` and produce a tensor."""
-        return [c for c in self.calls[after + 1:] if tensor_id in c.arg_ids and c.out_ids]
+        return [c for c in self.calls[after + 1 :] if tensor_id in c.arg_ids and c.out_ids]
 
     def name_of(self, obj: Any) -> str | None:
         return self.param_names.get(id(obj)) if isinstance(obj, torch.Tensor) else None
@@ -62,8 +62,17 @@ class _Recorder(TorchFunctionMode):
         outs = [t for t in flat_out if isinstance(t, torch.Tensor)]
         ins = [t for t in flat_in if isinstance(t, torch.Tensor)]
         self.trace.keep_alive.extend(ins + outs)
-        self.trace.calls.append(Call(len(self.trace.calls), _op_name(func), [id(t) for t in ins],
-                                     [id(t) for t in outs], args, kwargs, outs))
+        self.trace.calls.append(
+            Call(
+                len(self.trace.calls),
+                _op_name(func),
+                [id(t) for t in ins],
+                [id(t) for t in outs],
+                args,
+                kwargs,
+                outs,
+            )
+        )
         return out
 
 

@@ -25,12 +25,21 @@ __global__ void bev_pool_kernel(const T* __restrict__ depth, const T* __restrict
       float acc[VEC];
 #pragma unroll
       for (int v = 0; v < VEC; ++v) acc[v] = 0.f;
-      for (int p = begin; p < end; ++p) {
-        const float w = sf::to_float(depth[ranks_depth[p]]);
-        const auto f = *reinterpret_cast<const sf::Pack<T, VEC>*>(
-            feat + static_cast<int64_t>(ranks_feat[p]) * channels + g * VEC);
+      // Consecutive points of one feature pixel (the same ray at neighbouring depth bins, when the
+      // ranks are ordered that way) share one feature load: sum their depth weights first.
+      int32_t row = -1;
+      float weight = 0.f;
+      for (int p = begin; p <= end; ++p) {
+        const int32_t next = p < end ? ranks_feat[p] : -1;
+        if (next != row && row >= 0) {
+          const auto f = *reinterpret_cast<const sf::Pack<T, VEC>*>(feat + static_cast<int64_t>(row) * channels +
+                                                                    g * VEC);
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) acc[v] = fmaf(w, sf::to_float(f.v[v]), acc[v]);
+          for (int v = 0; v < VEC; ++v) acc[v] = fmaf(weight, sf::to_float(f.v[v]), acc[v]);
+          weight = 0.f;
+        }
+        if (p < end) weight += sf::to_float(depth[ranks_depth[p]]);
+        row = next;
       }
 #pragma unroll
       for (int v = 0; v < VEC; ++v) tile[local * channels + g * VEC + v] = acc[v];

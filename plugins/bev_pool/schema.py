@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from onnx.defs import OpSchema
-from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, register
+from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, OutputType, ShapeContext, register
 
 OP_TYPE = "BEVPool"
+
+
+def _output_types(ctx: ShapeContext) -> list[OutputType]:
+    """[B, C, Y, X]."""
+    batch, y_size, x_size = (int(v) for v in ctx.attr("bev_shape"))
+    return [(ctx.elem("feat"), [batch, ctx.dim("feat", -1), y_size, x_size])]
+
 
 SPEC = OpSpec(
     op_type=OP_TYPE,
@@ -26,6 +33,7 @@ SPEC = OpSpec(
     ],
     outputs=[("bev", "T")],
     attributes=[AttrSpec("bev_shape", "INTS", "(B, Y, X)")],
+    infer=_output_types,
 )
 
 

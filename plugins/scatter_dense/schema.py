@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from onnx.defs import OpSchema
-from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, register
+from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, OutputType, ShapeContext, register
 
 OP_TYPE = "ScatterDense"
+
+
+def _output_types(ctx: ShapeContext) -> list[OutputType]:
+    """[B, C*Z, Y, X]."""
+    z_size, y_size, x_size = (int(v) for v in ctx.attr("spatial_shape"))
+    channels = ctx.dim("features", 1)
+    folded = channels * z_size if isinstance(channels, int) else None
+    return [(ctx.elem("features"), [int(ctx.attr("batch_size")), folded, y_size, x_size])]
+
 
 SPEC = OpSpec(
     op_type=OP_TYPE,
@@ -19,6 +28,7 @@ SPEC = OpSpec(
         AttrSpec("spatial_shape", "INTS", "grid (Z, Y, X)"),
         AttrSpec("batch_size", "INT", "B", 1),
     ],
+    infer=_output_types,
 )
 
 

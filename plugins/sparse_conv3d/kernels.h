@@ -14,7 +14,8 @@
  *     or fp32 SIMT), output-stationary scatter that reduces each output row over the offsets in
  *     fixed order in fp32 registers, adds the bias, applies the activation and writes once.
  *     Deterministic: no floating-point atomics anywhere.
- * sf_spconv_direct is the fetch-on-demand alternative (one kernel, no staging) for tiny layers.
+ * sf_spconv_implicit is the one-kernel alternative (implicit GEMM on tensor cores, no staging, no
+ * host sync); sf_spconv_direct the scalar fetch-on-demand kernel for tiny layers.
  */
 #ifndef SPARSEFUSE_SPARSE_CONV3D_KERNELS_H
 #define SPARSEFUSE_SPARSE_CONV3D_KERNELS_H
@@ -91,6 +92,13 @@ SF_API int sf_spconv_apply(int dtype, const SfConvPlan* plan, const void* featur
                            const void* weight, const void* bias, int64_t cout, const int32_t* nbr,
                            const int32_t* sidx, int32_t activation, void* gathered, void* partial, void* out,
                            cudaStream_t stream);
+
+/* Implicit GEMM (one kernel, no staging, no host sync): output-stationary 64x64 tiles accumulate over
+ * the offsets in fixed order, gathering input rows through nbr into shared memory; fp16 tensor cores
+ * (WMMA) with fp32 accumulation, or fp32 SIMT. Same result contract as sf_spconv_apply. */
+SF_API int sf_spconv_implicit(int dtype, const void* features, int64_t cin, const void* weight, const void* bias,
+                              int64_t cout, const int32_t* nbr, int64_t num_out, int32_t kernel_volume,
+                              int32_t activation, void* out, cudaStream_t stream);
 
 /* Fetch-on-demand: out[m, o] = act(bias[o] + sum_k sum_c features[nbr[m,k], c] * weight[o, k, c]). */
 SF_API int sf_spconv_direct(int dtype, const void* features, int64_t cin, const void* weight, const void* bias,

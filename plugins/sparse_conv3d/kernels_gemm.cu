@@ -30,6 +30,7 @@ __global__ void gather_input_stationary(const T* __restrict__ x, int64_t n, int 
       const int32_t m = nbr[j * volume + (volume - 1 - k)];
       if (m < 0) continue;
       const int32_t row = sidx[static_cast<int64_t>(m) * volume + k];
+      if (row < 0) continue;  // only when j itself is not in the table (out-of-grid or duplicate coordinate)
       *reinterpret_cast<P*>(g + static_cast<int64_t>(row) * cin + cg * VEC) = v;
     }
   }

@@ -5,8 +5,9 @@
 // bounds the outputs one input can reach. The ONNX node must then list three outputs (the
 // TensorRT ONNX parser requires node outputs == plugin outputs).
 //
-// enqueue synchronizes its stream twice on strided layers (to read M, then the K map sizes) and
-// once on submanifold layers; the workspace is sized for the worst case (every pair present).
+// Field "algo": "gather_gemm_scatter" (default; enqueue synchronizes its stream once to read the K
+// map sizes, workspace sized for every pair present) or "implicit_gemm" (no staging, no sync).
+// Strided layers synchronize once more to read M.
 #include <cuda_runtime_api.h>
 
 #include <numeric>
@@ -30,6 +31,7 @@ class SparseConv3dPlugin : public PluginBase<SparseConv3dPlugin> {
             PluginField("dilation", nullptr, PluginFieldType::kINT32, 3),
             PluginField("subm", nullptr, PluginFieldType::kINT32, 1),
             PluginField("activation", nullptr, PluginFieldType::kCHAR, 0),
+            PluginField("algo", nullptr, PluginFieldType::kCHAR, 0),
             PluginField("epsilon", nullptr, PluginFieldType::kFLOAT32, 1),
             PluginField("threshold", nullptr, PluginFieldType::kINT32, 1)};
   }
@@ -48,10 +50,13 @@ class SparseConv3dPlugin : public PluginBase<SparseConv3dPlugin> {
     g.num_batches = 0;  // unknown at build time: hash table, full-width keys
     std::string act = read_string(fc, "activation", "none");
     p->activation_ = act == "relu" ? SF_ACT_RELU : SF_ACT_NONE;
+    std::string algo = read_string(fc, "algo", "gather_gemm_scatter");
+    p->implicit_ = algo == "implicit_gemm";
     auto eps = read_floats(fc, "epsilon");
     if (!eps.empty()) p->epsilon_ = eps[0];
     p->threshold_ = read_ints(fc, "threshold", {p->threshold_})[0];
-    ok = ok && (act == "none" || act == "relu") && sf_spconv_out_shape(&g) == SF_OK;
+    ok = ok && (act == "none" || act == "relu") && (algo == "gather_gemm_scatter" || p->implicit_) &&
+         sf_spconv_out_shape(&g) == SF_OK;
     if (!ok) {
       delete p;
       return nullptr;
@@ -122,12 +127,16 @@ class SparseConv3dPlugin : public PluginBase<SparseConv3dPlugin> {
     }
     if (m == 0) return SF_OK;
     SFT_CHECK(sf_spconv_kernel_map(&geom_, coords, n, out_coords, m, nullptr, l.nbr, 0, l.map, l.map_bytes, stream));
+    void const* bias = in_count_ > 3 ? inputs[3] : nullptr;
+    if (implicit_)
+      return sf_spconv_implicit(sf_dtype(in[0].type), inputs[0], cin, inputs[2], bias, cout, l.nbr, m, volume_,
+                                activation_, outputs[0], stream);
     SfConvPlan plan;
     int32_t const center = geom_.subm ? volume_ / 2 : -1;
     SFT_CHECK(sf_spconv_plan(l.nbr, m, volume_, center, epsilon_, threshold_, l.sidx, &plan, l.plan,
                                    l.plan_bytes, stream));
-    return sf_spconv_apply(sf_dtype(in[0].type), &plan, inputs[0], n, cin, inputs[2], in_count_ > 3 ? inputs[3] : nullptr,
-                           cout, l.nbr, l.sidx, activation_, l.gathered, l.partial, outputs[0], stream);
+    return sf_spconv_apply(sf_dtype(in[0].type), &plan, inputs[0], n, cin, inputs[2], bias, cout, l.nbr, l.sidx,
+                           activation_, l.gathered, l.partial, outputs[0], stream);
   }
   int32_t onShapeChange(PluginTensorDesc const*, int32_t nbIn, PluginTensorDesc const*, int32_t) noexcept override {
     in_count_ = nbIn;
@@ -148,6 +157,7 @@ class SparseConv3dPlugin : public PluginBase<SparseConv3dPlugin> {
     writer_.ints("dilation", vec(geom_.dilation));
     writer_.ints("subm", {geom_.subm});
     writer_.string("activation", activation_ == SF_ACT_RELU ? "relu" : "none");
+    writer_.string("algo", implicit_ ? "implicit_gemm" : "gather_gemm_scatter");
     writer_.floats("epsilon", {static_cast<float>(epsilon_)});
     writer_.ints("threshold", {threshold_});
     return writer_.collection();
@@ -166,7 +176,7 @@ class SparseConv3dPlugin : public PluginBase<SparseConv3dPlugin> {
     const size_t elem = type == DataType::kHALF ? 2 : 4;
     if (!geom_.subm) SFT_CHECK(sf_spconv_sites_workspace_size(&geom_, n, &l->sites_bytes));
     SFT_CHECK(sf_spconv_map_workspace_size(&geom_, n, 0, &l->map_bytes));
-    SFT_CHECK(sf_spconv_plan_workspace_size(m, volume_, &l->plan_bytes));
+    if (!implicit_) SFT_CHECK(sf_spconv_plan_workspace_size(m, volume_, &l->plan_bytes));
     char* p = static_cast<char*>(base);
     size_t used = 0;
     auto take = [&](size_t bytes) {
@@ -178,10 +188,12 @@ class SparseConv3dPlugin : public PluginBase<SparseConv3dPlugin> {
     l->map = take(l->map_bytes);
     l->plan = take(l->plan_bytes);
     l->nbr = static_cast<int32_t*>(take(static_cast<size_t>(m * volume_) * 4));
-    l->sidx = static_cast<int32_t*>(take(static_cast<size_t>(m * volume_) * 4));
-    // Every pair has a distinct (input, offset), so at most N*K gathered rows.
-    l->gathered = take(static_cast<size_t>(n * volume_ * cin) * elem);
-    l->partial = take(static_cast<size_t>((n * volume_ + (geom_.subm ? n : 0)) * cout) * elem);
+    if (!implicit_) {  // implicit GEMM needs no staging
+      l->sidx = static_cast<int32_t*>(take(static_cast<size_t>(m * volume_) * 4));
+      // Every pair has a distinct (input, offset), so at most N*K gathered rows.
+      l->gathered = take(static_cast<size_t>(n * volume_ * cin) * elem);
+      l->partial = take(static_cast<size_t>((n * volume_ + (geom_.subm ? n : 0)) * cout) * elem);
+    }
     l->total = used;
     return SF_OK;
   }
@@ -193,6 +205,7 @@ class SparseConv3dPlugin : public PluginBase<SparseConv3dPlugin> {
   double epsilon_ = 0.4;
   int64_t threshold_ = 8192;
   int32_t in_count_ = 4;
+  bool implicit_ = false;
 };
 
 using SparseConv3dCreator = Creator<SparseConv3dPlugin>;

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from onnx import TensorProto
 from onnx.defs import OpSchema
-from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, register
+from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, OutputType, ShapeContext, register
 
 OP_TYPE = "SparseConv3d"
+
+
+def _output_types(ctx: ShapeContext) -> list[OutputType]:
+    """[M,Cout], [M,4] int32; M = N for a submanifold conv, data-dependent otherwise."""
+    rows = ctx.dim("features", 0) if ctx.attr("subm") else None
+    return [(ctx.elem("features"), [rows, ctx.dim("weight", 0)]), (TensorProto.INT32, [rows, 4])]
+
 
 SPEC = OpSpec(
     op_type=OP_TYPE,
@@ -26,6 +34,7 @@ SPEC = OpSpec(
         AttrSpec("activation", "STRING", '"none" or "relu", applied after the bias', "none"),
     ],
     optional_inputs=frozenset({"bias"}),
+    infer=_output_types,
 )
 
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from onnx import TensorProto
 from onnx.defs import OpSchema
-from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, register
+from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, OutputType, ShapeContext, register
 
 OP_TYPE = "Voxelize"
+
+
+def _output_types(ctx: ShapeContext) -> list[OutputType]:
+    """[V,F], [V,4] int32, [] int32 with V data-dependent."""
+    return [
+        (ctx.elem("points"), [None, ctx.dim("points", 1)]),
+        (TensorProto.INT32, [None, 4]),
+        (TensorProto.INT32, []),
+    ]
+
 
 SPEC = OpSpec(
     op_type=OP_TYPE,
@@ -21,6 +32,7 @@ SPEC = OpSpec(
         AttrSpec("voxel_size", "FLOATS", "[vx, vy, vz] in metres"),
         AttrSpec("max_voxels", "INT", "keep the first max_voxels voxels in linear-key order"),
     ],
+    infer=_output_types,
 )
 
 

@@ -6,9 +6,7 @@ the lowered graph for this backend must carry the functions (passes/lower.py att
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -16,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sparsefuse.targets.modules import module_of, node_scopes
-from sparsefuse.targets.profiler import NodeTime, Profile, peak_rss_mb, reset_peak_rss, time_runs
-from sparsefuse.targets.registry import Target
 
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.targets.backends.ort_profiling import (
+    attach_scopes,
+    name_function_bodies,
+    parse_ort_profile,
+)
+from sparsefuse.targets.profiler import NodeTime, Profile, peak_rss_mb, reset_peak_rss, time_runs
+from sparsefuse.targets.registry import Target
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 OPTIMIZED_NAME = "model.ort.onnx"
@@ -80,6 +82,29 @@ def choose_providers(target: Target, available: Sequence[str]) -> tuple[str, ...
     return (*chosen, "CPUExecutionProvider")
 
 
+def provider_list(
+    providers: Sequence[str], out_dir: Path | None, plugin_library: str | None = None
+) -> list[Any]:
+    """Providers with options: the TensorRT EP builds FP16 engines with engine and timing caches
+    in ``out_dir`` and loads our plugin library when one is given."""
+    listed: list[Any] = []
+    for name in providers:
+        if name == "TensorrtExecutionProvider":
+            opts = {"trt_fp16_enable": "True", "trt_timing_cache_enable": "True"}
+            if out_dir is not None:
+                opts |= {
+                    "trt_engine_cache_enable": "True",
+                    "trt_engine_cache_path": str(out_dir / "ort_trt_cache"),
+                    "trt_timing_cache_path": str(out_dir / "ort_trt_cache"),
+                }
+            if plugin_library:
+                opts["trt_extra_plugin_lib_paths"] = plugin_library
+            listed.append((name, opts))
+        else:
+            listed.append(name)
+    return listed
+
+
 def _session_options(options: OrtOptions, optimized_path: Path | None, profile_prefix: str | None) -> Any:
     import onnxruntime as ort
 
@@ -113,7 +138,9 @@ def _make_session(
 
     so = _session_options(options, optimized_path, profile_prefix)
     try:
-        return ort.InferenceSession(str(model_path), sess_options=so, providers=list(providers))
+        cache_dir = optimized_path.parent if optimized_path is not None else None
+        listed = provider_list(providers, cache_dir, os.environ.get("SPARSEFUSE_TRT_PLUGINS"))
+        return ort.InferenceSession(str(model_path), sess_options=so, providers=listed)
     except Exception as exc:  # ORT raises its own exception types for bad models
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = "lower the model for the onnxruntime backend (custom ops need their FunctionProto bodies)"
@@ -263,97 +290,3 @@ def node_times(
         for i in range(node_runs + 1):  # run 0 is a warm-up, dropped by parse_ort_profile
             _run_session(session, built, feeds_list[i % len(feeds_list)])
         return attach_scopes(parse_ort_profile(session.end_profiling(), node_runs, skip_runs=1), model)
-
-
-_INLINED = re.compile(r"^_inlfunc_.+?__site(\d+)_")
-
-
-def attach_scopes(nodes: Sequence[NodeTime], model: Any) -> list[NodeTime]:
-    """Give each profiled node its torch module path and module.
-
-    Inlined function-body nodes ("_inlfunc_<fn>__site<i>_...") belong to call node i: they take
-    its scope and its custom op type decides the module. Fused nodes named "<node>/<Fusion>" are
-    looked up by their leading part.
-    """
-    scopes = node_scopes(model)
-    graph_nodes = model.graph.node
-    out = []
-    for node in nodes:
-        match = _INLINED.match(node.name)
-        if match and int(match.group(1)) < len(graph_nodes):
-            call = graph_nodes[int(match.group(1))]
-            scope = scopes.get(call.name, call.name)
-            out.append(replace(node, scope=scope, module=module_of(scope, call.op_type)))
-            continue
-        scope, name = "", node.name
-        while name and not scope:
-            scope = scopes.get(name, "")
-            name = name.rpartition("/")[0]
-        out.append(replace(node, scope=scope, module=module_of(scope or node.name, node.op_type)))
-    return out
-
-
-def name_function_bodies(model: Any) -> Any:
-    """Give each call of a model-local function its own copy, with body nodes named
-    "<call node name>/<op>_<i>", so ORT's inlined node names ("_inlfunc_<fn>_<body node>")
-    keep the call site's module path. Returns a new ModelProto; semantics are unchanged."""
-    import onnx
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    functions = {(f.domain, f.name): f for f in model.functions}
-    if not functions:
-        return model
-    copies = []
-    for index, node in enumerate(model.graph.node):
-        fn = functions.get((node.domain, node.op_type))
-        if fn is None:
-            continue
-        site = onnx.FunctionProto.FromString(fn.SerializeToString())
-        site.name = f"{fn.name}__site{index}"
-        call_name = node.name or f"{fn.name}_{index}"
-        for j, body in enumerate(site.node):
-            body.name = f"{call_name}/{body.op_type}_{j}"
-        node.op_type = site.name
-        copies.append(site)
-    used = {(n.domain, n.op_type) for n in model.graph.node}
-    kept = [f for f in model.functions if (f.domain, f.name) in used or _called_by(f, copies)]
-    del model.functions[:]
-    model.functions.extend(kept + copies)
-    return model
-
-
-def _called_by(fn: Any, callers: Sequence[Any]) -> bool:
-    return any(n.domain == fn.domain and n.op_type == fn.name for c in callers for n in c.node)
-
-
-def _load_events(path: str | os.PathLike[str]) -> list[dict]:
-    with open(path) as handle:
-        data = json.load(handle)
-    return data if isinstance(data, list) else data.get("traceEvents", [])
-
-
-def parse_ort_profile(path: str | os.PathLike[str], runs: int, skip_runs: int = 1) -> list[NodeTime]:
-    """Mean kernel time per node per run [ms] from an ORT profiling JSON.
-
-    ORT logs one "<node>_kernel_time" event per node execution (cat "Node", dur in µs) and one
-    "model_run" event per run. The first ``skip_runs`` runs are warm-up and are dropped.
-    """
-    events = _load_events(path)
-    run_ends = sorted(e["ts"] + e["dur"] for e in events if e.get("name") == "model_run")
-    cutoff = run_ends[skip_runs - 1] if 0 < skip_runs <= len(run_ends) - 1 else -1
-    counted = len(run_ends) - (skip_runs if cutoff >= 0 else 0)
-    totals: dict[str, float] = {}
-    op_types: dict[str, str] = {}
-    order: list[str] = []
-    for event in events:
-        name = event.get("name", "")
-        if event.get("cat") != "Node" or not name.endswith("_kernel_time") or event.get("ts", 0) <= cutoff:
-            continue
-        node = name[: -len("_kernel_time")]
-        if node not in totals:
-            totals[node] = 0.0
-            order.append(node)
-            op_types[node] = str(event.get("args", {}).get("op_name", ""))
-        totals[node] += float(event["dur"]) / 1000.0
-    denom = max(1, counted if run_ends else runs)
-    return [NodeTime(name=n, op_type=op_types[n], time_ms=totals[n] / denom) for n in order]

@@ -22,13 +22,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
+from sparsefuse.atomic import write_text
+from sparsefuse.errors import SparsefuseError
 from sparsefuse.targets.backends import trtexec
 from sparsefuse.targets.profiler import Profile, time_runs
 from sparsefuse.targets.registry import Target
 from sparsefuse.targets.trt_plan import TrtBuildPlan, TrtOptions, make_plan
-
-from sparsefuse.atomic import write_text
-from sparsefuse.errors import SparsefuseError
 
 _PROBE = (
     "import tensorrt, ctypes; lib = ctypes.CDLL('libcudart.so'); n = ctypes.c_int(0); "
@@ -44,6 +44,10 @@ _SPARSITY_RE = re.compile(
 @functools.cache
 def tensorrt_available() -> bool:
     """True when tensorrt imports and a CUDA device initializes (checked in a subprocess)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:  # cheap: locating a package imports nothing
+        return False
     for probe in (_PROBE, _PROBE.replace("libcudart.so", "libcudart.so.12")):
         try:
             done = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120)

@@ -13,9 +13,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparsefuse.targets.trt_plan import ShapeRange, TrtBuildPlan
-
 from sparsefuse.atomic import atomic_path
+from sparsefuse.targets.trt_plan import ShapeRange, TrtBuildPlan
 
 BUILD_SCRIPT = "build_engine.sh"
 PROFILE_SCRIPT = "profile_engine.sh"
@@ -121,7 +120,7 @@ if [ ! -x "$TRTEXEC" ]; then
 fi
 """
 
-_PLUGIN_CHECK = """PLUGIN_LIB="${{SPARSEFUSE_TRT_PLUGINS:-$HERE/{lib}}}"
+_PLUGIN_CHECK = """PLUGIN_LIB="${{SPARSEFUSE_TRT_PLUGINS:-{default}}}"
 if [ ! -f "$PLUGIN_LIB" ]; then
   echo "error: plugin library $PLUGIN_LIB not found" >&2
   echo "       build it with CMake on the target (docs/native-build.md)" >&2
@@ -129,6 +128,14 @@ if [ ! -f "$PLUGIN_LIB" ]; then
   exit 2
 fi
 """
+
+
+def _plugin_check(library: str) -> str:
+    """Shell lines that resolve PLUGIN_LIB: the env override, else the given absolute path, else
+    the library's file name next to the script."""
+    path = Path(library)
+    default = shlex.quote(str(path)) if path.is_absolute() else f"$HERE/{path.name}"
+    return _PLUGIN_CHECK.format(default=default, lib=path.name)
 
 
 def _join(argv: list[str]) -> str:
@@ -141,7 +148,7 @@ def render_build_script(plan: TrtBuildPlan) -> str:
     lines = [_PREAMBLE.format(tag=plan.target_tag, trt=plan.tensorrt_version)]
     lines.append(f'ONNX="${{ONNX:-$HERE/{onnx_rel}}}"\n')
     if plan.plugin_library:
-        lines.append(_PLUGIN_CHECK.format(lib=Path(plan.plugin_library).name))
+        lines.append(_plugin_check(plan.plugin_library))
     for warning in plan.warnings:
         lines.append(f"echo {shlex.quote('warning: ' + warning)} >&2\n")
     lines.append('"$TRTEXEC" \\\n  ' + _join(build_argv(plan)) + ' 2>&1 | tee "$HERE/build.log"\n')
@@ -159,6 +166,7 @@ _ENV_JETSON = """{
   cat /etc/nv_tegra_release 2>/dev/null || true
   echo "--- nvpmodel -q"; nvpmodel -q 2>&1 || sudo -n nvpmodel -q 2>&1 || true
   echo "--- jetson_clocks --show"; sudo -n jetson_clocks --show 2>&1 || jetson_clocks --show 2>&1 || true
+  echo "--- tegrastats"; timeout 3 tegrastats --interval 1000 2>&1 | head -n 2 || true
 } > "$HERE/device_state.txt"
 """
 
@@ -173,7 +181,7 @@ _ENV_DESKTOP = """{
 def render_profile_script(plan: TrtBuildPlan) -> str:
     lines = [_PREAMBLE.format(tag=plan.target_tag, trt=plan.tensorrt_version)]
     if plan.plugin_library:
-        lines.append(_PLUGIN_CHECK.format(lib=Path(plan.plugin_library).name))
+        lines.append(_plugin_check(plan.plugin_library))
     lines.append(
         'if [ ! -f "$HERE/model.plan" ]; then echo "error: run build_engine.sh first" >&2; exit 2; fi\n'
     )

@@ -32,10 +32,16 @@ def make_tree(root: Path) -> Path:
 def keypair(tmp_path: Path, name: str) -> tuple[Path, Path]:
     key = ed25519.Ed25519PrivateKey.generate()
     priv, pub = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return priv, pub
 
 
@@ -118,8 +124,11 @@ def test_a_non_ed25519_key_is_a_clear_error(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     path = tmp_path / "ec.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     with pytest.raises(bundle.SparsefuseError, match="not an ed25519 key"):
         bundle.sign(b"x", path)
 
@@ -149,16 +158,19 @@ def special(name: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
     return info, None
 
 
-@pytest.mark.parametrize(("members", "reason"), [
-    ([regular("ok.txt"), regular("../evil.txt")], "path traversal"),
-    ([regular("a/../../evil.txt")], "path traversal"),
-    ([regular("/etc/evil.txt")], "absolute path"),
-    ([link("model.onnx", "/etc/passwd", tarfile.SYMTYPE)], "link to"),
-    ([regular("ok.txt"), link("hard.txt", "ok.txt", tarfile.LNKTYPE)], "link to"),
-    ([special("fifo", tarfile.FIFOTYPE)], "not a regular file"),
-    ([special("dev", tarfile.CHRTYPE)], "not a regular file"),
-    ([regular("dup.txt", b"1"), regular("dup.txt", b"2")], "duplicate"),
-])
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([regular("ok.txt"), regular("../evil.txt")], "path traversal"),
+        ([regular("a/../../evil.txt")], "path traversal"),
+        ([regular("/etc/evil.txt")], "absolute path"),
+        ([link("model.onnx", "/etc/passwd", tarfile.SYMTYPE)], "link to"),
+        ([regular("ok.txt"), link("hard.txt", "ok.txt", tarfile.LNKTYPE)], "link to"),
+        ([special("fifo", tarfile.FIFOTYPE)], "not a regular file"),
+        ([special("dev", tarfile.CHRTYPE)], "not a regular file"),
+        ([regular("dup.txt", b"1"), regular("dup.txt", b"2")], "duplicate"),
+    ],
+)
 def test_safe_extract_refuses_crafted_archives(tmp_path, members, reason):
     archive = crafted_tar(tmp_path / "bad.tar.gz", members)
     dest = tmp_path / "dest"

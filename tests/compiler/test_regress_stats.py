@@ -80,8 +80,12 @@ def test_invalid_samples_are_rejected():
 
 
 def samples(total, modules, ref=None, clock="thread") -> LatencySamples:
-    return LatencySamples(total_ms=tuple(total), modules_ms={k: tuple(v) for k, v in modules.items()},
-                          reference_ms=None if ref is None else tuple(ref), clock=clock)
+    return LatencySamples(
+        total_ms=tuple(total),
+        modules_ms={k: tuple(v) for k, v in modules.items()},
+        reference_ms=None if ref is None else tuple(ref),
+        clock=clock,
+    )
 
 
 def fake_run(rng, slow_module: str | None, extra_ms: float, n: int = 150):

@@ -30,7 +30,8 @@ def tiny_rig():
     return preset_rig(get_preset("bevfusion-tiny"))
 
 
-def brute_force_lift_splat(depth: np.ndarray, feat: np.ndarray, cells: np.ndarray, num_cells: int) -> np.ndarray:
+def brute_force_lift_splat(depth: np.ndarray, feat: np.ndarray, cells: np.ndarray,
+                           num_cells: int) -> np.ndarray:
     """LSS by definition: every frustum point carries depth * feat (outer product over D and C),
     scatter-added into its BEV cell. depth [N,D,H,W], feat [N,H,W,C], cells [N,D,H,W] -> [C, cells]."""
     lifted = depth[..., None] * feat[:, None]  # [N,D,H,W,C]
@@ -40,7 +41,8 @@ def brute_force_lift_splat(depth: np.ndarray, feat: np.ndarray, cells: np.ndarra
     return out.T
 
 
-def pool_with_ranks(depth: np.ndarray, feat: np.ndarray, cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def pool_with_ranks(depth: np.ndarray, feat: np.ndarray, cells: np.ndarray,
+                    shape: tuple[int, int]) -> np.ndarray:
     r = precompute_ranks(cells)
     bev = torch.ops.sparsefuse.bev_pool(
         torch.from_numpy(depth), torch.from_numpy(feat), *(torch.from_numpy(a) for a in (
@@ -55,7 +57,8 @@ def pool_with_ranks(depth: np.ndarray, feat: np.ndarray, cells: np.ndarray, shap
     y=st.integers(1, 4), x=st.integers(1, 4), channels=st.integers(1, 3), outside=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_ranks_pooling_equals_brute_force_lift_splat(n_cam, n_depth, height, width, y, x, channels, outside, seed):
+def test_ranks_pooling_equals_brute_force_lift_splat(n_cam, n_depth, height, width, y, x, channels, outside,
+                                                     seed):
     rng = np.random.default_rng(seed)
     shape = (n_cam, n_depth, height, width)
     cells = rng.integers(0, y * x, size=shape)
@@ -128,7 +131,10 @@ def test_front_camera_frustum_lies_ahead_with_left_columns_on_the_left(tiny_rig)
     pts = frustum_points(tiny_rig, 8)[0]  # CAM_FRONT at (1.7, 0, 1.5), optical axis along ego +x
     d = tiny_rig.depth_bins
     # Depth is along the optical axis, so every pixel of bin i lies at x = 1.7 + d_i.
-    np.testing.assert_allclose(pts[..., 0], np.broadcast_to((1.7 + d)[:, None, None], pts.shape[:3]), atol=1e-9)
+    expected_x = np.broadcast_to((1.7 + d)[:, None, None], pts.shape[:3])
+    np.testing.assert_allclose(pts[..., 0], expected_x, atol=1e-9)
+    # Feature columns 10 and 11 (centres 84 and 92 px) straddle the principal point cx = 88 px.
+    np.testing.assert_allclose(pts[:, :, 10:12, 1].mean(axis=2), 0.0, atol=1e-9)
     # Image left (small u) is ego left (+y); image top (small v) is up (+z).
     assert np.all(pts[:, :, 0, 1] > 0) and np.all(pts[:, :, -1, 1] < 0)
     assert np.all(pts[:, 0, :, 2] > 1.5) and np.all(pts[:, -1, :, 2] < 1.5)
@@ -163,6 +169,9 @@ def test_camera_ranks_cover_the_right_cells(tiny_rig):
 
 def test_feature_size_needs_divisible_images():
     assert feature_size((256, 704), 8) == (32, 88)
+    u, v = pixel_centres((64, 176), 8)  # block j spans [8j, 8j + 8) px
+    np.testing.assert_array_equal(u[[0, 1, -1]], [4.0, 12.0, 172.0])
+    np.testing.assert_array_equal(v[[0, -1]], [4.0, 60.0])
     with pytest.raises(SparsefuseError, match="not divisible"):
         feature_size((250, 704), 8)
 

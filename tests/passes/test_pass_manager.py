@@ -48,7 +48,8 @@ def test_run_pass_records_sizes_time_and_logs():
 
 
 def test_run_passes_chains_in_order():
-    out, records = run_passes([Pass("a", _drop_last_relu), Pass("b", _drop_last_relu)], _model(3), PassContext())
+    passes = [Pass("a", _drop_last_relu), Pass("b", _drop_last_relu)]
+    out, records = run_passes(passes, _model(3), PassContext())
     assert [r.name for r in records] == ["a", "b"]
     assert [(r.nodes_before, r.nodes_after) for r in records] == [(3, 2), (2, 1)]
     assert len(out.graph.node) == 1

@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sparsefuse.plugins import onnx_ops
 from sparsefuse.plugins.bev_pool import bev_pool
 
@@ -43,8 +42,15 @@ def make_inputs(case: dict, dtype=torch.float32):
     _, lengths = torch.unique_consecutive(ranks_bev, return_counts=True)
     starts = torch.cumsum(lengths, 0) - lengths
     i32 = torch.int32
-    return (depth, feat, ranks_depth.to(i32), ranks_feat.to(i32), ranks_bev.to(i32), starts.to(i32),
-            lengths.to(i32))
+    return (
+        depth,
+        feat,
+        ranks_depth.to(i32),
+        ranks_feat.to(i32),
+        ranks_bev.to(i32),
+        starts.to(i32),
+        lengths.to(i32),
+    )
 
 
 def within_fp32_tolerance(actual: np.ndarray, ref: np.ndarray) -> bool:
@@ -92,8 +98,15 @@ def test_function_matches_reference(case):
 
 @pytest.mark.parametrize("points", [0, 1])
 def test_function_empty_and_single_point(points):
-    case = {"seed": 5, "cams": 2, "depth_bins": 3, "hw": (2, 3), "channels": 4, "bev_shape": [1, 4, 5],
-            "points": points}
+    case = {
+        "seed": 5,
+        "cams": 2,
+        "depth_bins": 3,
+        "hw": (2, 3),
+        "channels": 4,
+        "bev_shape": [1, 4, 5],
+        "points": points,
+    }
     inputs = make_inputs(case)
     out = run_function(inputs, case["bev_shape"])
     ref = bev_pool(*inputs, case["bev_shape"]).numpy()
@@ -103,8 +116,15 @@ def test_function_empty_and_single_point(points):
 
 
 def test_function_float16():
-    case = {"seed": 6, "cams": 2, "depth_bins": 3, "hw": (3, 3), "channels": 4, "bev_shape": [1, 5, 5],
-            "points": 150}
+    case = {
+        "seed": 6,
+        "cams": 2,
+        "depth_bins": 3,
+        "hw": (3, 3),
+        "channels": 4,
+        "bev_shape": [1, 5, 5],
+        "points": 150,
+    }
     inputs = make_inputs(case, torch.float16)
     out = run_function(inputs, case["bev_shape"])
     ref = bev_pool(*inputs, case["bev_shape"]).float().numpy()
@@ -117,27 +137,51 @@ class Pool(torch.nn.Module):
 
     def __init__(self, inputs) -> None:
         super().__init__()
-        for name, t in zip(["ranks_depth", "ranks_feat", "ranks_bev", "starts", "lengths"], inputs[2:], strict=True):
+        for name, t in zip(
+            ["ranks_depth", "ranks_feat", "ranks_bev", "starts", "lengths"], inputs[2:], strict=True
+        ):
             self.register_buffer(name, t)
 
     def forward(self, depth, feat):
-        return torch.ops.sparsefuse.bev_pool(depth.softmax(1), feat, self.ranks_depth, self.ranks_feat,
-                                             self.ranks_bev, self.starts, self.lengths, [1, 6, 7])
+        return torch.ops.sparsefuse.bev_pool(
+            depth.softmax(1),
+            feat,
+            self.ranks_depth,
+            self.ranks_feat,
+            self.ranks_bev,
+            self.starts,
+            self.lengths,
+            [1, 6, 7],
+        )
 
 
 def test_dynamo_export_gives_one_node():
-    case = {"seed": 8, "cams": 2, "depth_bins": 4, "hw": (3, 4), "channels": 5, "bev_shape": [1, 6, 7],
-            "points": 90}
+    case = {
+        "seed": 8,
+        "cams": 2,
+        "depth_bins": 4,
+        "hw": (3, 4),
+        "channels": 5,
+        "bev_shape": [1, 6, 7],
+        "points": 90,
+    }
     inputs = make_inputs(case)
     module = Pool(inputs).eval()
-    program = torch.onnx.export(module, inputs[:2], dynamo=True, input_names=["depth", "feat"],
-                                custom_translation_table=onnx_ops.custom_translation_table(), verbose=False)
+    program = torch.onnx.export(
+        module,
+        inputs[:2],
+        dynamo=True,
+        input_names=["depth", "feat"],
+        custom_translation_table=onnx_ops.custom_translation_table(),
+        verbose=False,
+    )
     model = program.model_proto
     nodes = [node for node in model.graph.node if node.op_type == "BEVPool"]
     assert len(nodes) == 1 and nodes[0].domain == "sparsefuse" and len(nodes[0].input) == 7
     assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 5, 6, 7]
-    session = ort.InferenceSession(onnx_ops.attach_functions(model).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        onnx_ops.attach_functions(model).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     fresh = make_inputs(dict(case, seed=9))
     out = session.run(None, {"depth": fresh[0].numpy(), "feat": fresh[1].numpy()})[0]
     assert within_fp32_tolerance(out, module(*fresh[:2]).numpy())

@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sparsefuse.plugins import onnx_ops
 from sparsefuse.plugins.common import decode_key
 from sparsefuse.plugins.scatter_dense import scatter_dense
@@ -22,8 +21,13 @@ def scatter_case(draw):
     shape = [draw(st.integers(1, 4)), draw(st.integers(1, 6)), draw(st.integers(1, 6))]
     batch = draw(st.integers(1, 3))
     total = batch * shape[0] * shape[1] * shape[2]
-    return {"seed": draw(st.integers(0, 2**31 - 1)), "shape": shape, "batch": batch,
-            "n": draw(st.integers(0, total)), "channels": draw(st.integers(1, 4))}
+    return {
+        "seed": draw(st.integers(0, 2**31 - 1)),
+        "shape": shape,
+        "batch": batch,
+        "n": draw(st.integers(0, total)),
+        "channels": draw(st.integers(1, 4)),
+    }
 
 
 def make_inputs(case: dict, dtype=torch.float32):
@@ -78,7 +82,9 @@ def test_function_default_batch_size_is_one():
     features, coords = make_inputs({"seed": 4, "shape": [2, 3, 4], "batch": 1, "n": 5, "channels": 2})
     feeds = {"features": features.numpy(), "coords": coords.numpy()}
     model = onnx_ops.single_node_model("ScatterDense", feeds, {"spatial_shape": [2, 3, 4]})
-    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )[0]
     np.testing.assert_array_equal(out, scatter_dense(features, coords, [2, 3, 4], 1).numpy())
 
 
@@ -91,8 +97,12 @@ def test_dynamo_export_gives_one_node():
     features, coords = make_inputs({"seed": 1, "shape": [2, 5, 6], "batch": 1, "n": 20, "channels": 3})
     n = torch.export.Dim("num_voxels", min=2, max=100_000)
     program = torch.onnx.export(
-        ToBev().eval(), (features, coords), dynamo=True, input_names=["features", "coords"],
-        dynamic_shapes=({0: n}, {0: n}), custom_translation_table=onnx_ops.custom_translation_table(),
+        ToBev().eval(),
+        (features, coords),
+        dynamo=True,
+        input_names=["features", "coords"],
+        dynamic_shapes=({0: n}, {0: n}),
+        custom_translation_table=onnx_ops.custom_translation_table(),
         verbose=False,
     )
     model = program.model_proto
@@ -100,8 +110,9 @@ def test_dynamo_export_gives_one_node():
     assert len(nodes) == 1 and nodes[0].domain == "sparsefuse"
     dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert dims == [1, 6, 5, 6]
-    session = ort.InferenceSession(onnx_ops.attach_functions(model).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        onnx_ops.attach_functions(model).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     features, coords = make_inputs({"seed": 2, "shape": [2, 5, 6], "batch": 1, "n": 33, "channels": 3})
     out = session.run(None, {"features": features.numpy(), "coords": coords.numpy()})[0]
     np.testing.assert_array_equal(out, ToBev()(features, coords).numpy())

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sparsefuse.plugins import onnx_ops
 from sparsefuse.plugins.common import decode_key, linear_key
 from sparsefuse.plugins.sparse_conv3d import output_spatial_shape, sparse_conv3d
@@ -81,7 +80,9 @@ def conv_case(draw, subm: bool):
 
 def make_inputs(case: dict, dtype=torch.float64):
     attrs = case["attrs"]
-    features, coords = random_sparse(case["seed"], case["batch"], attrs["spatial_shape"], case["n"], case["cin"], dtype)
+    features, coords = random_sparse(
+        case["seed"], case["batch"], attrs["spatial_shape"], case["n"], case["cin"], dtype
+    )
     gen = torch.Generator().manual_seed(case["seed"] + 1)
     weight = torch.randn(case["cout"], *attrs["kernel_size"], case["cin"], generator=gen, dtype=dtype)
     bias = torch.randn(case["cout"], generator=gen, dtype=dtype) if case["bias"] else None
@@ -92,7 +93,10 @@ def dense_reference(case: dict, features, coords, weight, bias) -> torch.Tensor:
     """torch Conv3d (cross-correlation) with the spconv weight layout permuted to [Cout,Cin,kz,ky,kx]."""
     attrs = case["attrs"]
     if attrs["subm"]:
-        stride, padding = 1, [d * (k // 2) for k, d in zip(attrs["kernel_size"], attrs["dilation"], strict=True)]
+        stride, padding = (
+            1,
+            [d * (k // 2) for k, d in zip(attrs["kernel_size"], attrs["dilation"], strict=True)],
+        )
     else:
         stride, padding = attrs["stride"], attrs["padding"]
     dense = densify(features, coords, case["batch"], attrs["spatial_shape"])
@@ -104,7 +108,9 @@ def dense_reference(case: dict, features, coords, weight, bias) -> torch.Tensor:
 @given(conv_case(subm=True))
 def test_submanifold_equals_dense_conv_at_active_sites(case):
     features, coords, weight, bias = make_inputs(case)
-    out, out_coords = sparse_conv3d(features, coords, weight, bias, activation=case["activation"], **case["attrs"])
+    out, out_coords = sparse_conv3d(
+        features, coords, weight, bias, activation=case["activation"], **case["attrs"]
+    )
     assert torch.equal(out_coords, coords)  # same sites, same order
     dense = dense_reference(case, features, coords, weight, bias)
     c = coords.long()
@@ -119,7 +125,9 @@ def test_strided_equals_dense_conv_at_produced_sites(case):
     attrs = case["attrs"]
     out, out_coords = sparse_conv3d(features, coords, weight, bias, activation=case["activation"], **attrs)
     # The site set is the support of a dense conv of the occupancy indicator, in linear-key order.
-    occupancy = densify(torch.ones(coords.shape[0], 1, dtype=torch.float64), coords, case["batch"], attrs["spatial_shape"])
+    occupancy = densify(
+        torch.ones(coords.shape[0], 1, dtype=torch.float64), coords, case["batch"], attrs["spatial_shape"]
+    )
     ones = torch.ones(1, 1, *attrs["kernel_size"], dtype=torch.float64)
     reach = F.conv3d(occupancy, ones, None, attrs["stride"], attrs["padding"], attrs["dilation"])[:, 0]
     expected_sites = torch.nonzero(reach > 0.5).to(torch.int32)  # row-major = ascending linear key
@@ -137,8 +145,14 @@ def test_kernel_offset_order_is_row_major_without_flip():
     coords = torch.tensor([[0, 2, 2, 2]], dtype=torch.int32)
     features = torch.ones(1, 1, dtype=torch.float64)
     weight = torch.arange(27, dtype=torch.float64).reshape(1, 3, 3, 3, 1)
-    attrs = {"spatial_shape": [5, 5, 5], "kernel_size": [3, 3, 3], "stride": [1, 1, 1], "padding": [0, 0, 0],
-             "dilation": [1, 1, 1], "subm": False}
+    attrs = {
+        "spatial_shape": [5, 5, 5],
+        "kernel_size": [3, 3, 3],
+        "stride": [1, 1, 1],
+        "padding": [0, 0, 0],
+        "dilation": [1, 1, 1],
+        "subm": False,
+    }
     out, out_coords = sparse_conv3d(features, coords, weight, None, activation="none", **attrs)
     # o = x - k (stride 1, no padding): offset (kz, ky, kx) reaches (2-kz, 2-ky, 2-kx).
     for row, site in zip(out[:, 0].tolist(), out_coords.tolist(), strict=True):
@@ -149,8 +163,19 @@ def test_kernel_offset_order_is_row_major_without_flip():
 def test_activation_is_validated():
     features, coords = random_sparse(0, 1, [3, 3, 3], 4, 2)
     with pytest.raises(ValueError, match="activation"):
-        sparse_conv3d(features, coords, torch.zeros(2, 1, 1, 1, 2, dtype=torch.float64), None, [3, 3, 3], [1, 1, 1],
-                      [1, 1, 1], [0, 0, 0], [1, 1, 1], True, "gelu")
+        sparse_conv3d(
+            features,
+            coords,
+            torch.zeros(2, 1, 1, 1, 2, dtype=torch.float64),
+            None,
+            [3, 3, 3],
+            [1, 1, 1],
+            [1, 1, 1],
+            [0, 0, 0],
+            [1, 1, 1],
+            True,
+            "gelu",
+        )
 
 
 # --- ONNX function ------------------------------------------------------------------------------
@@ -168,7 +193,9 @@ def run_function(case: dict, features, coords, weight, bias) -> list[np.ndarray]
 
 def check_function_against_reference(case: dict) -> None:
     features, coords, weight, bias = make_inputs(case, torch.float32)
-    ref, ref_coords = sparse_conv3d(features, coords, weight, bias, activation=case["activation"], **case["attrs"])
+    ref, ref_coords = sparse_conv3d(
+        features, coords, weight, bias, activation=case["activation"], **case["attrs"]
+    )
     out, out_coords = run_function(case, features, coords, weight, bias)
     assert out_coords.dtype == np.int32
     np.testing.assert_array_equal(out_coords, ref_coords.numpy())
@@ -186,10 +213,55 @@ def test_function_matches_reference(case):
 @pytest.mark.parametrize("subm", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 def test_function_empty_and_single_site(n, subm, bias):
-    case = {"seed": 7, "batch": 2, "n": n, "cin": 2, "cout": 3, "bias": bias, "activation": "relu",
-            "attrs": {"spatial_shape": [4, 5, 6], "kernel_size": [3, 3, 3], "stride": [2, 2, 2],
-                      "padding": [1, 1, 1], "dilation": [1, 1, 1], "subm": subm}}
+    case = {
+        "seed": 7,
+        "batch": 2,
+        "n": n,
+        "cin": 2,
+        "cout": 3,
+        "bias": bias,
+        "activation": "relu",
+        "attrs": {
+            "spatial_shape": [4, 5, 6],
+            "kernel_size": [3, 3, 3],
+            "stride": [2, 2, 2],
+            "padding": [1, 1, 1],
+            "dilation": [1, 1, 1],
+            "subm": subm,
+        },
+    }
     check_function_against_reference(case)
+
+
+@pytest.mark.parametrize("subm", [True, False])
+def test_function_float16(subm):
+    case = {
+        "seed": 9,
+        "batch": 1,
+        "n": 40,
+        "cin": 4,
+        "cout": 3,
+        "bias": True,
+        "activation": "none",
+        "attrs": {
+            "spatial_shape": [5, 6, 7],
+            "kernel_size": [3, 3, 3],
+            "stride": [2, 2, 2],
+            "padding": [1, 1, 1],
+            "dilation": [1, 1, 1],
+            "subm": subm,
+        },
+    }
+    features, coords, weight, bias = make_inputs(case, torch.float32)
+    features, weight, bias = features.half(), weight.half(), bias.half()
+    ref, ref_coords = sparse_conv3d(
+        features.float(), coords, weight.float(), bias.float(), activation="none", **case["attrs"]
+    )
+    out, out_coords = run_function(case, features, coords, weight, bias)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out_coords, ref_coords.numpy())
+    ref = ref.numpy()  # fp32 reference of the same (fp16-rounded) problem: DESIGN.md §7 fp16 rule
+    assert float(np.abs(out.astype(np.float32) - ref).max()) <= 1e-2 * float(np.abs(ref).max()) + 1e-3
 
 
 def test_function_uses_schema_defaults():
@@ -197,11 +269,14 @@ def test_function_uses_schema_defaults():
     features, coords = random_sparse(3, 1, [4, 4, 4], 10, 2, torch.float32)
     weight = torch.randn(3, 3, 3, 3, 2)
     feeds = {"features": features.numpy(), "coords": coords.numpy(), "weight": weight.numpy()}
-    model = onnx_ops.single_node_model("SparseConv3d", feeds, {"spatial_shape": [4, 4, 4], "kernel_size": [3, 3, 3]})
+    model = onnx_ops.single_node_model(
+        "SparseConv3d", feeds, {"spatial_shape": [4, 4, 4], "kernel_size": [3, 3, 3]}
+    )
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     out, out_coords = session.run(None, feeds)
-    ref, ref_coords = sparse_conv3d(features, coords, weight, None, [4, 4, 4], [3, 3, 3], [1, 1, 1], [0, 0, 0],
-                                    [1, 1, 1], False, "none")
+    ref, ref_coords = sparse_conv3d(
+        features, coords, weight, None, [4, 4, 4], [3, 3, 3], [1, 1, 1], [0, 0, 0], [1, 1, 1], False, "none"
+    )
     np.testing.assert_array_equal(out_coords, ref_coords.numpy())
     assert within_fp32_tolerance(out, ref.numpy())
 
@@ -220,10 +295,22 @@ class TwoConvs(torch.nn.Module):
         self.subm_weight = torch.nn.Parameter(torch.randn(5, 3, 3, 3, 4))
 
     def forward(self, features, coords):
-        x, c = torch.ops.sparsefuse.sparse_conv3d(features, coords, self.down.weight, self.down.bias, [8, 8, 8],
-                                                  [3, 3, 3], [2, 2, 2], [1, 1, 1], [1, 1, 1], False, "relu")
-        return torch.ops.sparsefuse.sparse_conv3d(x, c, self.subm_weight, None, [4, 4, 4], [3, 3, 3], [1, 1, 1],
-                                                  [0, 0, 0], [1, 1, 1], True, "none")
+        x, c = torch.ops.sparsefuse.sparse_conv3d(
+            features,
+            coords,
+            self.down.weight,
+            self.down.bias,
+            [8, 8, 8],
+            [3, 3, 3],
+            [2, 2, 2],
+            [1, 1, 1],
+            [1, 1, 1],
+            False,
+            "relu",
+        )
+        return torch.ops.sparsefuse.sparse_conv3d(
+            x, c, self.subm_weight, None, [4, 4, 4], [3, 3, 3], [1, 1, 1], [0, 0, 0], [1, 1, 1], True, "none"
+        )
 
 
 def test_dynamo_export_gives_one_node_per_call_and_runs():
@@ -232,8 +319,12 @@ def test_dynamo_export_gives_one_node_per_call_and_runs():
     features, coords = random_sparse(1, 1, [8, 8, 8], 40, 2, torch.float32)
     n = torch.export.Dim("num_voxels", min=2, max=100_000)
     program = torch.onnx.export(
-        module, (features, coords), dynamo=True, input_names=["features", "coords"],
-        dynamic_shapes=({0: n}, {0: n}), custom_translation_table=onnx_ops.custom_translation_table(),
+        module,
+        (features, coords),
+        dynamo=True,
+        input_names=["features", "coords"],
+        dynamic_shapes=({0: n}, {0: n}),
+        custom_translation_table=onnx_ops.custom_translation_table(),
         verbose=False,
     )
     model = program.model_proto
@@ -246,8 +337,9 @@ def test_dynamo_export_gives_one_node_per_call_and_runs():
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic N
     assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param  # data-dependent M
 
-    session = ort.InferenceSession(onnx_ops.attach_functions(model).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        onnx_ops.attach_functions(model).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     features, coords = random_sparse(2, 1, [8, 8, 8], 57, 2, torch.float32)  # another N
     out, out_coords = session.run(None, {"features": features.numpy(), "coords": coords.numpy()})
     with torch.no_grad():

@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sparsefuse.plugins import onnx_ops
 from sparsefuse.plugins.voxelize import grid_shape, voxelize
 
@@ -136,8 +135,13 @@ def test_dynamo_export_gives_one_node_with_dynamic_counts():
     points = random_points(1, 300)
     n = torch.export.Dim("num_points", min=2, max=1_000_000)
     program = torch.onnx.export(
-        Voxelizer().eval(), (points,), dynamo=True, input_names=["points"], dynamic_shapes=({0: n},),
-        custom_translation_table=onnx_ops.custom_translation_table(), verbose=False,
+        Voxelizer().eval(),
+        (points,),
+        dynamo=True,
+        input_names=["points"],
+        dynamic_shapes=({0: n},),
+        custom_translation_table=onnx_ops.custom_translation_table(),
+        verbose=False,
     )
     model = program.model_proto
     nodes = [node for node in model.graph.node if node.op_type == "Voxelize"]
@@ -145,8 +149,9 @@ def test_dynamo_export_gives_one_node_with_dynamic_counts():
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # P is symbolic
     assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param  # V is data-dependent
 
-    session = ort.InferenceSession(onnx_ops.attach_functions(model).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        onnx_ops.attach_functions(model).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     points = random_points(2, 517)  # another point count
     features, coords, num = session.run(None, {"points": points.numpy()})
     ref_features, ref_coords, ref_num = Voxelizer()(points)

@@ -7,11 +7,11 @@ import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 from onnx_toys import conv_stack_model, toy_feeds
+
+from sparsefuse.errors import SparsefuseError
 from sparsefuse.targets.backends import onnxruntime as ort_backend
 from sparsefuse.targets.profiler import write_profile
 from sparsefuse.targets.registry import get_target
-
-from sparsefuse.errors import SparsefuseError
 
 
 def test_build_run_matches_reference_and_saves_optimized_model(toy_onnx, tmp_path):
@@ -91,3 +91,15 @@ def test_name_function_bodies_keeps_semantics():
     a = ReferenceEvaluator(model).run(None, feeds)
     b = ReferenceEvaluator(named).run(None, feeds)
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_gpu_provider_options(tmp_path):
+    listed = ort_backend.provider_list(
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], tmp_path, "/x/lib.so"
+    )
+    name, opts = listed[0]
+    assert name == "TensorrtExecutionProvider" and opts["trt_fp16_enable"] == "True"
+    assert opts["trt_engine_cache_path"] == str(tmp_path / "ort_trt_cache")
+    assert opts["trt_extra_plugin_lib_paths"] == "/x/lib.so"
+    assert listed[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_backend.provider_list(["CPUExecutionProvider"], None) == ["CPUExecutionProvider"]

@@ -3,9 +3,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from sparsefuse.targets.registry import SOURCED_FIELDS, get_target, list_targets, load_target_file
 
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.targets.registry import SOURCED_FIELDS, get_target, list_targets, load_target_file
 
 REQUIRED_TAGS = {
     "cpu",

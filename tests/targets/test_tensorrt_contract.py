@@ -64,7 +64,9 @@ def fake_api(rec: Recorder) -> SimpleNamespace:
 
     class Engine:
         def create_engine_inspector(self):
-            return SimpleNamespace(get_engine_information=lambda fmt: json.dumps({"Layers": ["conv0"], "fmt": fmt}))
+            return SimpleNamespace(
+                get_engine_information=lambda fmt: json.dumps({"Layers": ["conv0"], "fmt": fmt})
+            )
 
     class EngineFromNetwork(Loader):
         name = "EngineFromNetwork"
@@ -95,8 +97,13 @@ def fake_api(rec: Recorder) -> SimpleNamespace:
         get_plugin_registry=lambda: registry,
     )
     return SimpleNamespace(
-        trt=trt, CreateConfig=CreateConfig, EngineFromNetwork=EngineFromNetwork, LoadPlugins=LoadPlugins,
-        NetworkFromOnnxPath=NetworkFromOnnxPath, PostprocessConfig=PostprocessConfig, Profile=Profile,
+        trt=trt,
+        CreateConfig=CreateConfig,
+        EngineFromNetwork=EngineFromNetwork,
+        LoadPlugins=LoadPlugins,
+        NetworkFromOnnxPath=NetworkFromOnnxPath,
+        PostprocessConfig=PostprocessConfig,
+        Profile=Profile,
         SaveEngine=SaveEngine,
     )
 
@@ -109,16 +116,21 @@ def onnx_path(tmp_path):
 
 
 def test_orin_fp16_sparse_dynamic_points(onnx_path, tmp_path):
-    plan = make_plan(onnx_path, get_target("jetson/agx-orin-64gb"),
-                     TrtOptions.with_point_counts([30000, 20000, 41000]), tmp_path / "eng")
+    plan = make_plan(
+        onnx_path,
+        get_target("jetson/agx-orin-64gb"),
+        TrtOptions.with_point_counts([30000, 20000, 41000], plugin_loading="dynamic"),
+        tmp_path / "eng",
+    )
     rec = Recorder()
     trt_backend.build_engine(plan, fake_api(rec), plugin_library="/opt/lib/libsparsefuse_trt_plugins.so")
-    # Plugins: TensorRT 10 dynamic loading through the registry, before parsing.
+    # Plugins: TensorRT 10 dynamic loading through the registry (getCreators), before parsing.
     assert rec.calls[0] == ("load_library", ("/opt/lib/libsparsefuse_trt_plugins.so",), {})
     assert rec.named("NetworkFromOnnxPath")[0][1] == (str(onnx_path.resolve()),)
-    assert rec.named("Profile.add") == [("Profile.add", ("points",),
-                                         {"min": (19968, 4), "opt": (30000, 4), "max": (51456, 4)})]
-    (_, _, cfg), = rec.named("CreateConfig")
+    assert rec.named("Profile.add") == [
+        ("Profile.add", ("points",), {"min": (19968, 4), "opt": (30000, 4), "max": (51456, 4)})
+    ]
+    ((_, _, cfg),) = rec.named("CreateConfig")
     assert cfg["fp16"] is True and cfg["int8"] is False and cfg["sparse_weights"] is True
     assert cfg["builder_optimization_level"] == 3
     assert cfg["memory_pool_limits"] == {"WORKSPACE": 8192 * 2**20}
@@ -126,9 +138,9 @@ def test_orin_fp16_sparse_dynamic_points(onnx_path, tmp_path):
     assert cfg["use_dla"] is False and cfg["load_timing_cache"] is None  # no cache yet
     assert len(cfg["profiles"]) == 1
     assert not rec.named("PostprocessConfig")
-    (_, _, eng), = rec.named("EngineFromNetwork")
+    ((_, _, eng),) = rec.named("EngineFromNetwork")
     assert eng["save_timing_cache"] == str(tmp_path.resolve() / "eng" / "timing.cache")
-    (_, save_args, _), = rec.named("SaveEngine")
+    ((_, save_args, _),) = rec.named("SaveEngine")
     assert save_args[1] == str(tmp_path.resolve() / "eng" / "model.plan")
     assert not (tmp_path / "eng" / "model.plan").exists()  # the double never writes an engine
     assert json.loads((tmp_path / "eng" / "layers.json").read_text())["fmt"] == "JSON"
@@ -138,16 +150,20 @@ def test_dla_core_gpu_fallback_and_existing_timing_cache(onnx_path, tmp_path):
     out = tmp_path / "eng"
     out.mkdir()
     (out / "timing.cache").write_bytes(b"cache from an earlier build")
-    plan = make_plan(onnx_path, get_target("jetson/agx-orin-64gb"),
-                     TrtOptions.with_point_counts([1000], dla_core=1, plugin_loading="static"), out)
+    plan = make_plan(
+        onnx_path,
+        get_target("jetson/agx-orin-64gb"),
+        TrtOptions.with_point_counts([1000], dla_core=1, plugin_loading="static"),
+        out,
+    )
     rec = Recorder()
     trt_backend.build_engine(plan, fake_api(rec), plugin_library="/x/lib.so")
     assert rec.named("LoadPlugins")[0][2] == {"plugins": ["/x/lib.so"]}
     assert not rec.named("load_library")
-    (_, _, cfg), = rec.named("CreateConfig")
+    ((_, _, cfg),) = rec.named("CreateConfig")
     assert cfg["use_dla"] is True and cfg["allow_gpu_fallback"] is True
     assert cfg["load_timing_cache"] == str(out.resolve() / "timing.cache")
-    (_, post_args, _), = rec.named("PostprocessConfig")
+    ((_, post_args, _),) = rec.named("PostprocessConfig")
     assert callable(post_args[1])
     # Calling the config loader applies the raw-API DLA core index.
     loader = rec.named("EngineFromNetwork")[0][2]["config"]
@@ -164,13 +180,25 @@ def test_desktop_without_custom_ops_loads_no_plugin(tmp_path):
     del model.functions[:]
     path = tmp_path / "plain.onnx"
     onnx.save(model, str(path))
-    plan = make_plan(path, get_target("desktop/h100"), TrtOptions.with_point_counts([5000], sparsity=False,
-                                                                                     workspace_mib=4096), tmp_path)
+    plan = make_plan(
+        path,
+        get_target("desktop/h100"),
+        TrtOptions.with_point_counts([5000], sparsity=False, workspace_mib=4096),
+        tmp_path,
+    )
     rec = Recorder()
     trt_backend.build_engine(plan, fake_api(rec))
     assert not rec.named("load_library") and not rec.named("LoadPlugins")
-    (_, _, cfg), = rec.named("CreateConfig")
+    ((_, _, cfg),) = rec.named("CreateConfig")
     assert cfg["sparse_weights"] is False and cfg["memory_pool_limits"] == {"WORKSPACE": 4096 * 2**20}
+
+
+def test_default_plugin_loading_is_static(onnx_path, tmp_path):
+    plan = make_plan(onnx_path, get_target("desktop/rtx-3090"), TrtOptions.with_point_counts([10]), tmp_path)
+    rec = Recorder()
+    trt_backend.build_engine(plan, fake_api(rec), plugin_library="/x/libsparsefuse_trt_plugins.so")
+    assert rec.calls[0] == ("LoadPlugins", (), {"plugins": ["/x/libsparsefuse_trt_plugins.so"]})
+    assert not rec.named("load_library")
 
 
 def test_parse_sparsity_log():
@@ -187,8 +215,9 @@ def test_parse_sparsity_log():
 
 def test_build_without_tensorrt_writes_recipes_only(onnx_path, tmp_path, monkeypatch):
     monkeypatch.setattr(trt_backend, "tensorrt_available", lambda: False)
-    built = trt_backend.build(onnx_path, get_target("desktop/rtx-4090"),
-                              TrtOptions.with_point_counts([100, 200]), tmp_path / "eng")
+    built = trt_backend.build(
+        onnx_path, get_target("desktop/rtx-4090"), TrtOptions.with_point_counts([100, 200]), tmp_path / "eng"
+    )
     assert built.engine_path is None
     assert sorted(p.name for p in (tmp_path / "eng").iterdir()) == ["build_engine.sh", "profile_engine.sh"]
     from sparsefuse.errors import SparsefuseError
@@ -210,8 +239,12 @@ def test_real_engine_build(tmp_path):
     path = tmp_path / "plain.onnx"
     onnx.save(model, str(path))
     target = get_target("desktop/h100")
-    built = trt_backend.build(path, target, TrtOptions.with_point_counts([64, 128], precision="fp32",
-                                                                        sparsity=False), tmp_path / "eng")
+    built = trt_backend.build(
+        path,
+        target,
+        TrtOptions.with_point_counts([64, 128], precision="fp32", sparsity=False),
+        tmp_path / "eng",
+    )
     assert built.engine_path is not None and built.engine_path.stat().st_size > 0
     assert (tmp_path / "eng" / "timing.cache").stat().st_size > 0
     assert json.loads((tmp_path / "eng" / "layers.json").read_text())
@@ -222,3 +255,14 @@ def test_real_engine_build(tmp_path):
     out = trt_backend.run(built, feeds)
     ref = ReferenceEvaluator(model).run(None, feeds)
     np.testing.assert_allclose(out["heatmap"], ref[0], rtol=1e-3, atol=1e-3)
+
+
+def test_probe_is_false_without_tensorrt_and_imports_nothing():
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here")
+    trt_backend.tensorrt_available.cache_clear()
+    assert trt_backend.tensorrt_available() is False
+    assert "tensorrt" not in sys.modules

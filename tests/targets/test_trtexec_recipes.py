@@ -28,17 +28,46 @@ from sparsefuse.targets.trt_plan import (
 # trtexec flag names of TensorRT 10, transcribed from the help text in NVIDIA/TensorRT
 # samples/common/sampleOptions.cpp (BuildOptions / InferenceOptions / ReportingOptions / SystemOptions).
 TRT10_FLAGS = {
-    "--onnx", "--minShapes", "--optShapes", "--maxShapes", "--shapes", "--memPoolSize", "--profilingVerbosity",
-    "--sparsity", "--fp16", "--int8", "--saveEngine", "--loadEngine", "--timingCacheFile",
-    "--builderOptimizationLevel", "--useDLACore", "--allowGPUFallback", "--staticPlugins", "--dynamicPlugins",
-    "--setPluginsToSerialize", "--skipInference", "--warmUp", "--duration", "--iterations", "--useCudaGraph",
-    "--noDataTransfers", "--useSpinWait", "--separateProfileRun", "--dumpProfile", "--dumpLayerInfo",
-    "--exportTimes", "--exportProfile", "--exportLayerInfo", "--verbose",
+    "--onnx",
+    "--minShapes",
+    "--optShapes",
+    "--maxShapes",
+    "--shapes",
+    "--memPoolSize",
+    "--profilingVerbosity",
+    "--sparsity",
+    "--fp16",
+    "--int8",
+    "--saveEngine",
+    "--loadEngine",
+    "--timingCacheFile",
+    "--builderOptimizationLevel",
+    "--useDLACore",
+    "--allowGPUFallback",
+    "--staticPlugins",
+    "--dynamicPlugins",
+    "--setPluginsToSerialize",
+    "--skipInference",
+    "--warmUp",
+    "--duration",
+    "--iterations",
+    "--useCudaGraph",
+    "--noDataTransfers",
+    "--useSpinWait",
+    "--separateProfileRun",
+    "--dumpProfile",
+    "--dumpLayerInfo",
+    "--exportTimes",
+    "--exportProfile",
+    "--exportLayerInfo",
+    "--verbose",
 }
 # TensorRT 8.5 (JetPack 5, Xavier): plugins through --plugins; no --builderOptimizationLevel (8.6+),
 # no --staticPlugins/--dynamicPlugins (10.0+).
-TRT85_FLAGS = (TRT10_FLAGS - {"--builderOptimizationLevel", "--staticPlugins", "--dynamicPlugins",
-                              "--setPluginsToSerialize"}) | {"--plugins"}
+TRT85_FLAGS = (
+    TRT10_FLAGS
+    - {"--builderOptimizationLevel", "--staticPlugins", "--dynamicPlugins", "--setPluginsToSerialize"}
+) | {"--plugins"}
 
 
 def flag_names(argv):
@@ -62,7 +91,7 @@ def test_orin_build_flags_exact(onnx_path, tmp_path):
     argv = trtexec.build_argv(orin_plan(onnx_path, tmp_path))
     assert argv == [
         "--onnx=$ONNX",
-        "--dynamicPlugins=$PLUGIN_LIB",
+        "--staticPlugins=$PLUGIN_LIB",
         "--fp16",
         "--sparsity=enable",
         "--minShapes=points:19968x4",
@@ -83,7 +112,7 @@ def test_orin_profile_flags_exact(onnx_path, tmp_path):
     argv = trtexec.profile_argv(orin_plan(onnx_path, tmp_path))
     assert argv == [
         "--loadEngine=$HERE/model.plan",
-        "--dynamicPlugins=$PLUGIN_LIB",
+        "--staticPlugins=$PLUGIN_LIB",
         "--shapes=points:31000x4",
         "--warmUp=500",
         "--duration=10",
@@ -99,19 +128,27 @@ def test_orin_profile_flags_exact(onnx_path, tmp_path):
     assert set(flag_names(argv)) <= TRT10_FLAGS
 
 
-def test_dla_static_plugins_and_pool(onnx_path, tmp_path):
-    plan = orin_plan(onnx_path, tmp_path, dla_core=1, plugin_loading="static", workspace_mib=1024,
-                     builder_optimization_level=5)
+def test_dla_dynamic_plugins_and_pool(onnx_path, tmp_path):
+    plan = orin_plan(
+        onnx_path,
+        tmp_path,
+        dla_core=1,
+        plugin_loading="dynamic",
+        workspace_mib=1024,
+        builder_optimization_level=5,
+    )
     argv = trtexec.build_argv(plan)
     assert "--useDLACore=1" in argv and "--allowGPUFallback" in argv
-    assert "--staticPlugins=$PLUGIN_LIB" in argv and "--memPoolSize=workspace:1024" in argv
+    assert "--dynamicPlugins=$PLUGIN_LIB" in argv and "--memPoolSize=workspace:1024" in argv
     assert "--builderOptimizationLevel=5" in argv
     assert "--useDLACore=1" in trtexec.profile_argv(plan)
     assert set(flag_names(argv)) <= TRT10_FLAGS
 
 
 def test_xavier_uses_trt85_flags_and_warns(onnx_path, tmp_path):
-    plan = make_plan(onnx_path, get_target("jetson/agx-xavier"), TrtOptions.with_point_counts([9000]), tmp_path)
+    plan = make_plan(
+        onnx_path, get_target("jetson/agx-xavier"), TrtOptions.with_point_counts([9000]), tmp_path
+    )
     argv = trtexec.build_argv(plan)
     assert "--plugins=$PLUGIN_LIB" in argv
     assert "--sparsity=enable" not in argv  # Volta has no 2:4 tensor cores
@@ -126,11 +163,19 @@ def test_int8_needs_qdq_and_sparsity_needs_ampere(onnx_path, tmp_path):
     with pytest.raises(SparsefuseError, match="Q"):
         orin_plan(onnx_path, tmp_path, precision="int8")
     with pytest.raises(SparsefuseError, match="2:4"):
-        make_plan(onnx_path, get_target("jetson/agx-xavier"), TrtOptions.with_point_counts([9], sparsity=True),
-                  tmp_path)
+        make_plan(
+            onnx_path,
+            get_target("jetson/agx-xavier"),
+            TrtOptions.with_point_counts([9], sparsity=True),
+            tmp_path,
+        )
     with pytest.raises(SparsefuseError, match="DLA cores"):
-        make_plan(onnx_path, get_target("jetson/orin-nano-8gb"), TrtOptions.with_point_counts([9], dla_core=0),
-                  tmp_path)
+        make_plan(
+            onnx_path,
+            get_target("jetson/orin-nano-8gb"),
+            TrtOptions.with_point_counts([9], dla_core=0),
+            tmp_path,
+        )
     with pytest.raises(SparsefuseError, match="no observed sizes"):
         make_plan(onnx_path, get_target("desktop/a100"), TrtOptions(), tmp_path)
     with pytest.raises(SparsefuseError, match="onnxruntime backend"):
@@ -139,8 +184,12 @@ def test_int8_needs_qdq_and_sparsity_needs_ampere(onnx_path, tmp_path):
 
 def test_explicit_shape_range_wins(onnx_path, tmp_path):
     explicit = ShapeRange("points", (100, 4), (2000, 4), (9000, 4))
-    plan = make_plan(onnx_path, get_target("desktop/l4"),
-                     TrtOptions(shape_ranges=(explicit,), dynamic_dims=(("points", (5,)),)), tmp_path)
+    plan = make_plan(
+        onnx_path,
+        get_target("desktop/l4"),
+        TrtOptions(shape_ranges=(explicit,), dynamic_dims=(("points", (5,)),)),
+        tmp_path,
+    )
     assert plan.profiles == (explicit,)
     with pytest.raises(SparsefuseError, match="not ordered"):
         ShapeRange("points", (10, 4), (5, 4), (20, 4))
@@ -174,13 +223,21 @@ def test_build_script_runs_with_exact_arguments(onnx_path, tmp_path):
     _fake_trtexec(fake)
     lib = tmp_path / "libsparsefuse_trt_plugins.so"
     lib.write_bytes(b"")
-    env = {**os.environ, "TRTEXEC": str(fake), "FAKE_ARGS": str(tmp_path / "args.txt"),
-           "SPARSEFUSE_TRT_PLUGINS": str(lib)}
+    env = {
+        **os.environ,
+        "TRTEXEC": str(fake),
+        "FAKE_ARGS": str(tmp_path / "args.txt"),
+        "SPARSEFUSE_TRT_PLUGINS": str(lib),
+    }
     done = subprocess.run(["bash", str(recipes.build_script)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     here = str(plan.out_dir)
-    expected = [a.replace("$ONNX", here + "/../../lowered/jetson_agx-orin-64gb.onnx")
-                .replace("$PLUGIN_LIB", str(lib)).replace("$HERE", here) for a in recipes.build_argv]
+    expected = [
+        a.replace("$ONNX", here + "/../../lowered/jetson_agx-orin-64gb.onnx")
+        .replace("$PLUGIN_LIB", str(lib))
+        .replace("$HERE", here)
+        for a in recipes.build_argv
+    ]
     assert (tmp_path / "args.txt").read_text().splitlines() == expected
     assert os.path.samefile(expected[0].split("=", 1)[1], onnx_path)
     assert "(Sparsity) Layers eligible" in (plan.out_dir / "sparsity.log").read_text()
@@ -197,7 +254,16 @@ def test_build_script_runs_with_exact_arguments(onnx_path, tmp_path):
 
 def test_profile_script_records_jetson_state(onnx_path, tmp_path):
     jetson = trtexec.render_profile_script(orin_plan(onnx_path, tmp_path))
-    assert "nvpmodel -q" in jetson and "jetson_clocks --show" in jetson
-    desktop = make_plan(onnx_path, get_target("desktop/rtx-3090"), TrtOptions.with_point_counts([5]), tmp_path)
+    assert "nvpmodel -q" in jetson and "jetson_clocks --show" in jetson and "tegrastats" in jetson
+    desktop = make_plan(
+        onnx_path, get_target("desktop/rtx-3090"), TrtOptions.with_point_counts([5]), tmp_path
+    )
     text = trtexec.render_profile_script(desktop)
     assert "nvidia-smi" in text and "nvpmodel" not in text
+
+
+def test_plugin_library_default_path(onnx_path, tmp_path):
+    relative = trtexec.render_build_script(orin_plan(onnx_path, tmp_path))
+    assert 'PLUGIN_LIB="${SPARSEFUSE_TRT_PLUGINS:-$HERE/libsparsefuse_trt_plugins.so}"' in relative
+    absolute = trtexec.render_build_script(orin_plan(onnx_path, tmp_path, plugin_library="/opt/sf/libsf.so"))
+    assert 'PLUGIN_LIB="${SPARSEFUSE_TRT_PLUGINS:-/opt/sf/libsf.so}"' in absolute

@@ -35,6 +35,9 @@ class IDimensionExpr {
  public:
   bool isConstant() const noexcept;
   int64_t getConstantValue() const noexcept;
+  // Stub only (not in TensorRT): the value the harness's expression evaluator computed.
+  int64_t stubValue = 0;
+  bool stubSizeTensor = false;
 };
 class IExprBuilder {
  public:
@@ -126,9 +129,12 @@ class IPluginCreatorV3One : public IPluginCreatorInterface {
 };
 class IPluginRegistry {
  public:
-  bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const pluginNamespace) noexcept;
+  virtual bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const pluginNamespace) noexcept = 0;
+  virtual ~IPluginRegistry() noexcept = default;
 };
-IPluginRegistry* getPluginRegistry() noexcept;
+}  // namespace nvinfer1
+extern "C" nvinfer1::IPluginRegistry* getPluginRegistry() noexcept;
+namespace nvinfer1 {
 template <typename T>
 class PluginRegistrar {
  public:

@@ -1,0 +1,273 @@
+"""`sparsefuse handoff` and `sparsefuse verify` end to end on a small fixture compile directory.
+
+The fixture's graph has one real custom node (ScatterDense, domain sparsefuse) followed by Relu;
+its golden outputs come from a numpy oracle of ScatterDense, stored the way the compile's verify
+stage stores the torch reference (polygraphy JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from onnx import TensorProto, helper
+
+from sparsefuse.compiler import bundle
+from sparsefuse.compiler.cli import main
+
+TARGET = "jetson/agx-orin-64gb"
+SHAPE = (2, 4, 5)  # (Z, Y, X)
+CHANNELS = 3
+
+
+def scatter_dense_model() -> onnx.ModelProto:
+    node = helper.make_node(
+        "ScatterDense",
+        ["features", "coords"],
+        ["dense"],
+        domain="sparsefuse",
+        name="/lidar/scatter/ScatterDense",
+        spatial_shape=list(SHAPE),
+        batch_size=1,
+    )
+    relu = helper.make_node("Relu", ["dense"], ["bev"], name="/head/relu/Relu")
+    graph = helper.make_graph(
+        [node, relu],
+        "fixture",
+        [
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", CHANNELS]),
+            helper.make_tensor_value_info("coords", TensorProto.INT32, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "bev", TensorProto.FLOAT, [1, CHANNELS * SHAPE[0], SHAPE[1], SHAPE[2]]
+            )
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("sparsefuse", 1)]
+    )
+    model.ir_version = 10
+    return model
+
+
+def oracle(features: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    z_size, y_size, x_size = SHAPE
+    dense = np.zeros((1, CHANNELS, z_size, y_size, x_size), np.float32)
+    for f, (b, z, y, x) in zip(features, coords, strict=True):
+        dense[b, :, z, y, x] = f
+    return np.maximum(dense.reshape(1, CHANNELS * z_size, y_size, x_size), 0.0)
+
+
+def frame(seed: int, n: int) -> OrderedDict:
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(np.prod(SHAPE), size=n, replace=False)
+    z, rest = np.divmod(cells, SHAPE[1] * SHAPE[2])
+    y, x = np.divmod(rest, SHAPE[2])
+    coords = np.stack([np.zeros_like(z), z, y, x], axis=1).astype(np.int32)
+    return OrderedDict(features=rng.standard_normal((n, CHANNELS)).astype(np.float32), coords=coords)
+
+
+def poly_array(a: np.ndarray) -> dict:
+    """polygraphy's JSON encoding of an ndarray (as compile's verify stage writes it)."""
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return {"array": base64.b64encode(buf.getvalue()).decode(), "polygraphy_class": "ndarray"}
+
+
+def make_out(root: Path, golden_scale: float = 1.0) -> Path:
+    (root / "passes").mkdir(parents=True)
+    onnx.save(scatter_dense_model(), str(root / "passes" / "model.onnx"))
+    (root / "compile.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "config": {"model": "fixture", "target": "cpu", "seed": 0},
+                "versions": {"onnx": onnx.__version__},
+                "inputs": {"rig": "builtin"},
+            }
+        )
+    )
+    feeds = [frame(1, 7), frame(2, 11)]
+    iterations = [
+        {
+            "outputs": {"bev": {"values": poly_array(oracle(f["features"], f["coords"]) * golden_scale)}},
+            "runner_name": "torch",
+        }
+        for f in feeds
+    ]
+    (root / "verify").mkdir()
+    (root / "verify" / "inputs.json").write_text(
+        json.dumps([{k: poly_array(v) for k, v in f.items()} for f in feeds])
+    )
+    (root / "verify" / "golden.json").write_text(
+        json.dumps({"lst": [["torch", iterations]], "polygraphy_class": "RunResults"})
+    )
+    (root / "profile.json").write_text(
+        json.dumps(
+            {
+                "schema_version": 1,
+                "label": "estimated",
+                "target": TARGET,
+                "backend": "tensorrt",
+                "cost_model": {"name": "roofline", "version": "1"},
+                "latency_ms": {"total": 12.5},
+            }
+        )
+    )
+    (root / "sparsity").mkdir()
+    (root / "sparsity" / "plan.json").write_text(json.dumps({"schema_version": 1, "layers": []}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory) -> Path:
+    return make_out(tmp_path_factory.mktemp("out") / "OUT")
+
+
+def keypair(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    key = ed25519.Ed25519PrivateKey.generate()
+    priv, pub = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub"
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return priv, pub
+
+
+def handoff(out: Path, dest: Path, *extra: str) -> int:
+    return main(["handoff", str(out), "--target", TARGET, "--out", str(dest), *extra])
+
+
+def test_bundle_for_orin_verifies_and_runs_on_cpu(out_dir, tmp_path, capsys):
+    dest = tmp_path / "bundle"
+    assert handoff(out_dir, dest, "--latency-budget-ms", "40") == 0
+    manifest = bundle.read_manifest(dest)
+    files = manifest["files"]
+    assert manifest["target"] == TARGET and manifest["target_info"]["tensorrt"] == "10.3"
+    for rel in (
+        "lowered/jetson_agx-orin-64gb.onnx",
+        "engine/jetson_agx-orin-64gb/build_engine.sh",
+        "engine/jetson_agx-orin-64gb/profile_engine.sh",
+        "golden/inputs_0.npz",
+        "golden/outputs_1.npz",
+        "golden/tolerances.json",
+        "sparsity/plan.json",
+        "latency/budget.json",
+        "latency/profile.json",
+        "compile.json",
+        "README.md",
+        "native/plugins/scatter_dense/kernels.cu",
+    ):
+        assert rel in files, rel
+    # TensorRT lowering: the custom node stays, with no function body (the plugin implements it).
+    model = onnx.load(str(dest / manifest["model"]))
+    assert [n.op_type for n in model.graph.node if n.domain == "sparsefuse"] == ["ScatterDense"]
+    assert len(model.functions) == 0
+    assert json.loads((dest / "latency" / "profile.json").read_text())["label"] == "estimated"
+    assert json.loads((dest / "latency" / "budget.json").read_text())["budget_ms"] == 40.0
+    with np.load(dest / "golden" / "outputs_1.npz") as data:
+        with np.load(dest / "golden" / "inputs_1.npz") as inputs:
+            np.testing.assert_array_equal(data["bev"], oracle(inputs["features"], inputs["coords"]))
+    capsys.readouterr()
+    assert main(["verify", str(dest), "--run"]) == 0
+    assert main(["verify", str(dest.with_name("bundle.tar.gz")), "--run"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "jetson_agx-orin-64gb.onnx frame 1 bev" in out
+        and "verify: PASS" in out
+        and "TensorRT not found here" in out
+    )
+
+
+def test_two_builds_differ_only_in_the_timestamp(out_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert handoff(out_dir, tmp_path / "a") == 0
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
+    assert handoff(out_dir, tmp_path / "b") == 0
+    ma, mb = bundle.read_manifest(tmp_path / "a"), bundle.read_manifest(tmp_path / "b")
+    assert ma["created_utc"] != mb["created_utc"]
+    assert {k: v for k, v in ma.items() if k != "created_utc"} == {
+        k: v for k, v in mb.items() if k != "created_utc"
+    }
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert handoff(out_dir, tmp_path / "c") == 0
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "c.tar.gz").read_bytes()
+
+
+@pytest.mark.parametrize("tamper", ["modify", "remove", "add"])
+def test_tampered_bundle_fails_naming_the_file(out_dir, tmp_path, capsys, tamper):
+    dest = tmp_path / "bundle"
+    assert handoff(out_dir, dest) == 0
+    target = dest / "golden" / "outputs_0.npz"
+    if tamper == "modify":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif tamper == "remove":
+        target.unlink()
+    else:
+        (dest / "golden" / "outputs_9.npz").write_bytes(b"x")
+    capsys.readouterr()
+    assert main(["verify", str(dest)]) == 1
+    err = capsys.readouterr().err
+    expected = {
+        "modify": "modified: golden/outputs_0.npz",
+        "remove": "missing: golden/outputs_0.npz",
+        "add": "extra: golden/outputs_9.npz",
+    }[tamper]
+    assert expected in err and "verify: FAIL" in err
+
+
+def test_signed_bundle_checks_the_key(out_dir, tmp_path, capsys):
+    priv, pub = keypair(tmp_path, "signer")
+    _, other = keypair(tmp_path, "other")
+    dest = tmp_path / "bundle"
+    assert handoff(out_dir, dest, "--sign-key", str(priv)) == 0
+    assert (dest / bundle.SIGNATURE).is_file()
+    assert main(["verify", str(dest.with_name("bundle.tar.gz")), "--public-key", str(pub)]) == 0
+    assert main(["verify", str(dest), "--public-key", str(other)]) == 1
+    assert "signature check failed" in capsys.readouterr().err
+
+
+def test_outputs_out_of_tolerance_fail_the_run(tmp_path, capsys):
+    out = make_out(tmp_path / "OUT", golden_scale=1.01)  # 1% off: far beyond 1e-4*max|ref| + 1e-5
+    dest = tmp_path / "bundle"
+    assert handoff(out, dest) == 0
+    assert main(["verify", str(dest)]) == 0  # integrity alone passes
+    capsys.readouterr()
+    assert main(["verify", str(dest), "--run"]) == 1
+    assert "frame 0 output bev: exceeds tolerance" in capsys.readouterr().err
+
+
+def test_handoff_errors_are_clear_and_leave_nothing_behind(out_dir, tmp_path, capsys):
+    assert main(["handoff", str(tmp_path), "--target", TARGET, "--out", str(tmp_path / "b")]) == 2
+    assert "not a compile directory" in capsys.readouterr().err
+    bad_key = tmp_path / "bad.pem"
+    bad_key.write_text("not a key")
+    assert handoff(out_dir, tmp_path / "b", "--sign-key", str(bad_key)) == 2
+    assert "not a PEM private key" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pem"]  # no bundle, no partial folder
+    assert handoff(out_dir, tmp_path / "b") == 0
+    assert handoff(out_dir, tmp_path / "b") == 0  # an earlier bundle is replaced
+    assert main(["verify", str(tmp_path / "nope")]) == 2
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("mine")
+    assert handoff(out_dir, precious) == 2
+    assert "is not a sparsefuse bundle" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "mine"

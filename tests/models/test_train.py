@@ -1,0 +1,228 @@
+"""Training support: custom-op gradients, fine-tuning with frozen masks, checkpoints, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparsefuse.errors import SparsefuseError
+from sparsefuse.models.presets import build_model, get_preset, preset_rig
+from sparsefuse.models.synthetic import make_frame
+from sparsefuse.models.train import (
+    TrainConfig,
+    ensure_autograd,
+    evaluate,
+    finetune,
+    load_checkpoint,
+    save_checkpoint,
+    sensor_inputs,
+    train,
+)
+from sparsefuse.plugins.bev_pool.reference import bev_pool
+from sparsefuse.plugins.scatter_dense.reference import scatter_dense
+from sparsefuse.plugins.sparse_conv3d.reference import apply_kernel_map, build_kernel_map, sparse_conv3d
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the scatter-heavy sparse ops crawl with contended OpenMP threads on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def rig():
+    return preset_rig(get_preset("bevfusion-tiny"))
+
+
+@pytest.fixture(scope="module")
+def frames(rig):
+    return [make_frame(s, rig) for s in (900, 901)]
+
+
+class ToyModel(nn.Module):
+    """A fast stand-in with the reference model's interface: LiDAR BEV histogram -> convs -> heads."""
+
+    def __init__(self, rig) -> None:
+        super().__init__()
+        self.rig = rig
+        self.body = nn.Sequential(
+            nn.Conv2d(2, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+        )
+        self.head = nn.Conv2d(16, 17, 1)
+
+    def forward(self, images, points):
+        y_size, x_size = self.rig.bev_shape
+        xmin, ymin = self.rig.bev_range[:2]
+        ix = ((points[:, 0] - xmin) / self.rig.bev_cell).long().clamp(0, x_size - 1)
+        iy = ((points[:, 1] - ymin) / self.rig.bev_cell).long().clamp(0, y_size - 1)
+        bev = torch.zeros(2, y_size * x_size)
+        bev[0].index_add_(0, iy * x_size + ix, torch.ones(len(points)))
+        bev[1].index_add_(0, iy * x_size + ix, points[:, 2])
+        out = self.head(self.body(torch.log1p(bev.view(1, 2, y_size, x_size).abs()) + images.mean()))
+        return out[:, :5], out[:, 5:9], out[:, 9:]
+
+
+def _random_mask(param: torch.Tensor, keep: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(param.shape, generator=g) < keep
+
+
+def test_sparse_conv_gradients_match_the_plain_torch_reference():
+    ensure_autograd()
+    torch.manual_seed(0)
+    shape = [6, 11, 9]
+    keys = torch.randperm(6 * 11 * 9)[:80]
+    coords = torch.stack([torch.zeros_like(keys), keys // 99, (keys // 9) % 11, keys % 9], 1).int()
+    for subm, stride, act in ((True, 1, "relu"), (False, 2, "none")):
+        feats = torch.randn(80, 3, requires_grad=True)
+        weight = torch.randn(4, 3, 3, 3, 3, requires_grad=True)
+        bias = torch.randn(4, requires_grad=True)
+        args = (shape, [3, 3, 3], [stride] * 3, [1, 1, 1], [1, 1, 1], subm, act)
+        out, _ = sparse_conv3d(feats, coords, weight, bias, *args)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, (feats, weight, bias), grad)
+        kmap = build_kernel_map(coords, *args[:-1])
+        ref = apply_kernel_map(feats, weight, bias, kmap, act)
+        want = torch.autograd.grad(ref, (feats, weight, bias), grad)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_scatter_dense_and_bev_pool_gradients():
+    ensure_autograd()
+    torch.manual_seed(1)
+    feats = torch.randn(5, 3, requires_grad=True)
+    coords = torch.tensor(
+        [[0, 0, 1, 2], [0, 1, 0, 0], [0, 1, 3, 3], [0, 0, 0, 1], [0, 1, 2, 0]], dtype=torch.int32
+    )
+    dense = scatter_dense(feats, coords, [2, 4, 4], 1)
+    grad = torch.randn_like(dense)
+    (got,) = torch.autograd.grad(dense, feats, grad)
+    want = grad.view(1, 3, 2, 4, 4)[0].permute(1, 2, 3, 0)[
+        coords[:, 1].long(), coords[:, 2].long(), coords[:, 3].long()
+    ]
+    torch.testing.assert_close(got, want)
+
+    depth = torch.rand(1, 2, 2, 2, requires_grad=True)
+    feat = torch.randn(1, 2, 2, 3, requires_grad=True)
+    ranks_depth = torch.tensor([0, 5, 3, 7], dtype=torch.int32)
+    ranks_feat = torch.tensor([0, 1, 3, 3], dtype=torch.int32)
+    ranks_bev = torch.tensor([0, 0, 2, 3], dtype=torch.int32)
+    starts, lengths = torch.tensor([0, 2, 3], dtype=torch.int32), torch.tensor([2, 1, 1], dtype=torch.int32)
+    bev = bev_pool(depth, feat, ranks_depth, ranks_feat, ranks_bev, starts, lengths, [1, 2, 2])
+    grad = torch.randn_like(bev)
+    got = torch.autograd.grad(bev, (depth, feat), grad)
+    plain = torch.zeros(4, 3).index_add(
+        0,
+        ranks_bev.long(),
+        depth.reshape(-1)[ranks_depth.long()][:, None] * feat.reshape(-1, 3)[ranks_feat.long()],
+    )
+    want = torch.autograd.grad(plain.view(1, 2, 2, 3).permute(0, 3, 1, 2), (depth, feat), grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_finetune_keeps_masked_weights_zero_and_lowers_the_loss(rig, frames):
+    torch.manual_seed(0)
+    model = ToyModel(rig)
+    masks = {
+        name: _random_mask(p, 0.5, i)
+        for i, (name, p) in enumerate(model.named_parameters())
+        if name.endswith("weight")
+    }
+    history = finetune(model, frames, masks, steps=30, lr=1e-2)
+    assert len(history) == 30
+    assert np.mean(history[-5:]) < 0.8 * np.mean(history[:5])
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert torch.count_nonzero(params[name][~mask]) == 0, name
+        assert torch.count_nonzero(params[name][mask]) > 0.9 * mask.sum()
+
+
+def test_finetune_on_the_reference_model_keeps_masks(rig, frames):
+    model = build_model("bevfusion-tiny")
+    names = ["lidar.encoder.stages.1.0.weight", "camera.backbone.stem.0.weight", "head.heatmap.1.weight"]
+    params = dict(model.named_parameters())
+    assert set(names) <= set(params)
+    masks = {n: _random_mask(params[n], 0.5, i) for i, n in enumerate(names)}
+    before = {n: params[n].detach().clone() for n in params}
+    finetune(model, frames[:1], masks, steps=2, lr=1e-3)
+    for name, mask in masks.items():
+        assert torch.count_nonzero(params[name][~mask]) == 0, name
+    changed = [n for n in params if not torch.equal(before[n], params[n])]
+    assert any(n.startswith("lidar.") for n in changed) and any(n.startswith("camera.") for n in changed)
+
+
+def test_finetune_rejects_bad_masks(rig, frames):
+    model = ToyModel(rig)
+    with pytest.raises(SparsefuseError, match="unknown parameter"):
+        finetune(model, frames, {"nope.weight": torch.ones(1, dtype=torch.bool)}, steps=1)
+    with pytest.raises(SparsefuseError, match="shape"):
+        finetune(model, frames, {"head.weight": torch.ones(3, dtype=torch.bool)}, steps=1)
+
+
+def test_train_updates_weights_and_logs(rig, frames):
+    torch.manual_seed(0)
+    model = ToyModel(rig)
+    before = model.head.weight.detach().clone()
+    history = train(model, frames, TrainConfig(steps=4, lr=1e-2, log_every=2))
+    assert len(history) == 4 and {"loss", "seg", "heatmap", "box"} <= set(history[0])
+    assert not torch.equal(before, model.head.weight)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path, rig):
+    model = build_model("bevfusion-tiny", seed=1)
+    path = save_checkpoint(model, tmp_path / "m.safetensors", {"seed": "1"})
+    fresh = load_checkpoint(build_model("bevfusion-tiny", seed=2), path)
+    for (n, a), (_, b) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+    with pytest.raises(SparsefuseError, match="does not fit"):
+        load_checkpoint(ToyModel(rig), path)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SparsefuseError, match="cannot read"):
+        load_checkpoint(model, tmp_path / "bad.safetensors")
+    with pytest.raises(SparsefuseError, match="not found"):
+        load_checkpoint(model, tmp_path / "missing.safetensors")
+
+
+def test_modes_blank_one_modality(frames):
+    images, points = sensor_inputs(frames[0], "lidar_only")
+    assert images.abs().sum() == 0 and len(points) == len(frames[0]["points"])
+    images, points = sensor_inputs(frames[0], "camera_only")
+    assert images.abs().sum() > 0 and points.shape == (0, 4)
+    with pytest.raises(SparsefuseError):
+        sensor_inputs(frames[0], "radar_only")
+
+
+def test_evaluate_reports_perfect_scores_for_an_oracle(rig, frames):
+    class Oracle(nn.Module):
+        """Returns the labels themselves as logits (+-20) and CenterPoint targets."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.rig = rig
+            self.frame = None
+
+        def forward(self, images, points):
+            from sparsefuse.models.train import frame_targets, model_grid
+
+            t = frame_targets(self.frame, model_grid(self))
+            heat = torch.where(t["heatmap"] == 1.0, 20.0, -20.0)[None]
+            return (t["seg_masks"][None] * 40 - 20, heat, t["boxes"][None])
+
+    oracle = Oracle()
+
+    def with_frame():
+        for f in frames:
+            oracle.frame = f
+            yield f
+
+    result = evaluate(oracle, with_frame())
+    assert result["mIoU"] == pytest.approx(1.0)
+    assert result["mAP"] == pytest.approx(1.0)
+    assert result["frames"] == 2

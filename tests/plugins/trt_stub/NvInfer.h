@@ -1,0 +1,3 @@
+// TEST FIXTURE, NOT TensorRT: see NvInferRuntime.h in this folder.
+#pragma once
+#include "NvInferRuntime.h"

@@ -1,0 +1,292 @@
+// TEST FIXTURE, NOT TensorRT. Exercises the plugin glue (plugins/*/plugin.cpp, trt_register.cpp)
+// against the API transcription in this folder: static registration and getCreators, creation
+// from fields, serialization round trip, output counts, types and shape expressions (evaluated
+// here on constants), rejection of bad fields. Prints "OK" on success. No GPU, no TensorRT.
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "NvInferRuntime.h"
+
+using namespace nvinfer1;
+
+namespace {
+std::deque<IDimensionExpr> g_exprs;
+std::vector<IPluginCreatorInterface*> g_registered;
+struct SizeDecl {
+  int32_t index;
+  int64_t opt, upper;
+};
+std::vector<SizeDecl> g_sizes;
+int g_failures = 0;
+
+#define EXPECT(cond)                                                   \
+  do {                                                                 \
+    if (!(cond)) {                                                     \
+      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);    \
+      ++g_failures;                                                    \
+    }                                                                  \
+  } while (0)
+
+IDimensionExpr const* make(int64_t v, bool size = false) {
+  g_exprs.emplace_back();
+  g_exprs.back().stubValue = v;
+  g_exprs.back().stubSizeTensor = size;
+  return &g_exprs.back();
+}
+
+class Registry : public IPluginRegistry {
+ public:
+  bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const) noexcept override {
+    g_registered.push_back(&creator);
+    return true;
+  }
+};
+}  // namespace
+
+extern "C" IPluginRegistry* getPluginRegistry() noexcept {
+  static Registry registry;
+  return &registry;
+}
+extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
+
+namespace nvinfer1 {
+bool IDimensionExpr::isConstant() const noexcept { return !stubSizeTensor; }
+int64_t IDimensionExpr::getConstantValue() const noexcept { return stubValue; }
+IDimensionExpr const* IExprBuilder::constant(int64_t value) noexcept { return make(value); }
+IDimensionExpr const* IExprBuilder::operation(DimensionOperation op, IDimensionExpr const& a,
+                                              IDimensionExpr const& b) noexcept {
+  int64_t x = a.stubValue, y = b.stubValue;
+  switch (op) {
+    case DimensionOperation::kSUM: return make(x + y);
+    case DimensionOperation::kPROD: return make(x * y);
+    case DimensionOperation::kMAX: return make(x > y ? x : y);
+    case DimensionOperation::kMIN: return make(x < y ? x : y);
+    case DimensionOperation::kSUB: return make(x - y);
+    case DimensionOperation::kCEIL_DIV: return make((x + y - 1) / y);
+    case DimensionOperation::kFLOOR_DIV: return make(x / y);
+    default: return nullptr;
+  }
+}
+IDimensionExpr const* IExprBuilder::declareSizeTensor(int32_t index, IDimensionExpr const& opt,
+                                                      IDimensionExpr const& upper) {
+  g_sizes.push_back({index, opt.stubValue, upper.stubValue});
+  return make(upper.stubValue, true);
+}
+}  // namespace nvinfer1
+
+namespace {
+
+IPluginCreatorV3One* creator(char const* name) {
+  for (auto* c : g_registered) {
+    auto* v3 = static_cast<IPluginCreatorV3One*>(c);
+    if (std::strcmp(v3->getPluginName(), name) == 0) return v3;
+  }
+  return nullptr;
+}
+
+struct Fields {
+  std::vector<std::vector<int32_t>> ints;
+  std::vector<std::vector<float>> floats;
+  std::vector<std::string> strings;
+  std::vector<PluginField> list;
+  void i(char const* n, std::vector<int32_t> v) {
+    ints.push_back(std::move(v));
+    list.emplace_back(n, nullptr, PluginFieldType::kINT32, static_cast<int32_t>(ints.back().size()));
+  }
+  void f(char const* n, std::vector<float> v) {
+    floats.push_back(std::move(v));
+    list.emplace_back(n, nullptr, PluginFieldType::kFLOAT32, static_cast<int32_t>(floats.back().size()));
+  }
+  void s(char const* n, std::string v) {
+    strings.push_back(std::move(v));
+    list.emplace_back(n, nullptr, PluginFieldType::kCHAR, static_cast<int32_t>(strings.back().size()));
+  }
+  PluginFieldCollection fc() {  // data pointers bound last: the vectors no longer move
+    size_t a = 0, b = 0, c = 0;
+    for (auto& field : list) {
+      if (field.type == PluginFieldType::kINT32) field.data = ints[a++].data();
+      else if (field.type == PluginFieldType::kFLOAT32) field.data = floats[b++].data();
+      else field.data = strings[c++].data();
+    }
+    return PluginFieldCollection{static_cast<int32_t>(list.size()), list.data()};
+  }
+};
+
+std::string dump(PluginFieldCollection const* fc) {
+  std::string out;
+  for (int32_t i = 0; i < fc->nbFields; ++i) {
+    PluginField const& f = fc->fields[i];
+    out += std::string(f.name) + ":" + std::to_string(static_cast<int>(f.type)) + ":" + std::to_string(f.length) + "=";
+    size_t bytes = f.type == PluginFieldType::kCHAR ? 1 : 4;
+    out += std::string(static_cast<char const*>(f.data), bytes * static_cast<size_t>(f.length)) + ";";
+  }
+  return out;
+}
+
+IPluginV3* round_trip(IPluginCreatorV3One* c, IPluginV3* plugin) {
+  auto* rt = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  std::string first = dump(rt->getFieldsToSerialize());
+  IPluginV3* again = c->createPlugin("again", rt->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+  EXPECT(again != nullptr);
+  if (again == nullptr) return plugin;
+  auto* rt2 = static_cast<IPluginV3OneRuntime*>(again->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  EXPECT(dump(rt2->getFieldsToSerialize()) == first);
+  IPluginV3* copy = again->clone();
+  EXPECT(copy != nullptr);
+  delete again;
+  return copy;
+}
+
+IPluginV3OneBuild* build_of(IPluginV3* p) {
+  return static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+}
+
+DimsExprs dims(std::vector<int64_t> values) {
+  DimsExprs d{};
+  d.nbDims = static_cast<int32_t>(values.size());
+  for (size_t i = 0; i < values.size(); ++i) d.d[i] = make(values[i]);
+  return d;
+}
+
+std::vector<int64_t> values(DimsExprs const& d) {
+  std::vector<int64_t> out;
+  for (int32_t i = 0; i < d.nbDims; ++i) out.push_back(d.d[i]->stubValue);
+  return out;
+}
+
+void check_voxelize() {
+  IPluginCreatorV3One* c = creator("Voxelize");
+  EXPECT(c != nullptr);
+  if (!c) return;
+  Fields f;
+  f.f("point_range", {-51.2f, -51.2f, -5.f, 51.2f, 51.2f, 3.f});
+  f.f("voxel_size", {0.4f, 0.4f, 0.5f});
+  f.i("max_voxels", {16000});
+  PluginFieldCollection fc = f.fc();
+  IPluginV3* p = round_trip(c, c->createPlugin("v", &fc, TensorRTPhase::kBUILD));
+  IPluginV3OneBuild* b = build_of(p);
+  EXPECT(b->getNbOutputs() == 3);
+  DataType in[1] = {DataType::kFLOAT}, out[3];
+  EXPECT(b->getOutputDataTypes(out, 3, in, 1) == 0);
+  EXPECT(out[0] == DataType::kFLOAT && out[1] == DataType::kINT32 && out[2] == DataType::kINT32);
+  DimsExprs inputs[1] = {dims({1000, 4})}, outputs[3];
+  IExprBuilder builder;
+  g_sizes.clear();
+  EXPECT(b->getOutputShapes(inputs, 1, nullptr, 0, outputs, 3, builder) == 0);
+  EXPECT(g_sizes.size() == 1 && g_sizes[0].index == 2 && g_sizes[0].upper == 1000 && g_sizes[0].opt == 500);
+  EXPECT(values(outputs[0]) == (std::vector<int64_t>{1000, 4}) && outputs[0].d[0]->stubSizeTensor);
+  EXPECT(values(outputs[1]) == (std::vector<int64_t>{1000, 4}) && outputs[2].nbDims == 0);
+  Fields bad;
+  bad.f("point_range", {0.f, 1.f});
+  PluginFieldCollection bad_fc = bad.fc();
+  EXPECT(c->createPlugin("bad", &bad_fc, TensorRTPhase::kBUILD) == nullptr);
+  delete p;
+}
+
+void check_sparse_conv3d(bool subm) {
+  IPluginCreatorV3One* c = creator("SparseConv3d");
+  EXPECT(c != nullptr);
+  if (!c) return;
+  Fields f;
+  f.i("spatial_shape", {41, 1440, 1440});
+  f.i("kernel_size", {3, 3, 3});
+  f.i("stride", {subm ? 1 : 2, subm ? 1 : 2, subm ? 1 : 2});
+  f.i("padding", {1, 1, 1});
+  f.i("dilation", {1, 1, 1});
+  f.i("subm", {subm ? 1 : 0});
+  f.s("activation", "relu");
+  f.s("algo", subm ? "implicit_gemm" : "gather_gemm_scatter");
+  PluginFieldCollection fc = f.fc();
+  IPluginV3* p = round_trip(c, c->createPlugin("c", &fc, TensorRTPhase::kBUILD));
+  IPluginV3OneBuild* b = build_of(p);
+  int32_t const n_out = subm ? 2 : 3;
+  EXPECT(b->getNbOutputs() == n_out);
+  DataType in[4] = {DataType::kHALF, DataType::kINT32, DataType::kHALF, DataType::kHALF}, out[3];
+  EXPECT(b->getOutputDataTypes(out, n_out, in, 4) == 0);
+  EXPECT(out[0] == DataType::kHALF && out[1] == DataType::kINT32);
+  DimsExprs inputs[4] = {dims({5000, 16}), dims({5000, 4}), dims({32, 3, 3, 3, 16}), dims({32})}, outputs[3];
+  IExprBuilder builder;
+  g_sizes.clear();
+  EXPECT(b->getOutputShapes(inputs, 4, nullptr, 0, outputs, n_out, builder) == 0);
+  if (subm) {
+    EXPECT(g_sizes.empty());
+    EXPECT(values(outputs[0]) == (std::vector<int64_t>{5000, 32}));
+  } else {
+    EXPECT(g_sizes.size() == 1 && g_sizes[0].index == 2 && g_sizes[0].upper == 5000 * 8);
+    EXPECT(values(outputs[0]) == (std::vector<int64_t>{40000, 32}) && outputs[2].nbDims == 0);
+  }
+  EXPECT(values(outputs[1])[1] == 4);
+  DynamicPluginTensorDesc io[7]{};
+  DataType const types[7] = {DataType::kHALF, DataType::kINT32, DataType::kHALF, DataType::kHALF,
+                             DataType::kHALF, DataType::kINT32, DataType::kINT32};
+  for (int i = 0; i < 4 + n_out; ++i) io[i].desc.type = types[i], io[i].desc.format = TensorFormat::kLINEAR;
+  for (int pos = 0; pos < 4 + n_out; ++pos) EXPECT(b->supportsFormatCombination(pos, io, 4, n_out));
+  io[2].desc.type = DataType::kFLOAT;  // weight must follow the features' type
+  EXPECT(!b->supportsFormatCombination(2, io, 4, n_out));
+  Fields bad;
+  bad.i("spatial_shape", {41, 1440, 1440});
+  bad.i("kernel_size", {2, 2, 2});
+  bad.i("subm", {1});  // submanifold needs odd kernels
+  PluginFieldCollection bad_fc = bad.fc();
+  EXPECT(c->createPlugin("bad", &bad_fc, TensorRTPhase::kBUILD) == nullptr);
+  Fields bad_algo;
+  bad_algo.i("spatial_shape", {41, 1440, 1440});
+  bad_algo.i("kernel_size", {3, 3, 3});
+  bad_algo.s("algo", "fastest");
+  PluginFieldCollection bad_algo_fc = bad_algo.fc();
+  EXPECT(c->createPlugin("bad", &bad_algo_fc, TensorRTPhase::kBUILD) == nullptr);
+  delete p;
+}
+
+void check_scatter_dense_and_bev_pool() {
+  IPluginCreatorV3One* s = creator("ScatterDense");
+  IPluginCreatorV3One* bp = creator("BEVPool");
+  EXPECT(s != nullptr && bp != nullptr);
+  if (!s || !bp) return;
+  Fields f;
+  f.i("spatial_shape", {2, 180, 160});
+  f.i("batch_size", {1});
+  PluginFieldCollection fc = f.fc();
+  IPluginV3* p = round_trip(s, s->createPlugin("s", &fc, TensorRTPhase::kBUILD));
+  DimsExprs inputs[2] = {dims({777, 128}), dims({777, 4})}, outputs[1];
+  IExprBuilder builder;
+  EXPECT(build_of(p)->getOutputShapes(inputs, 2, nullptr, 0, outputs, 1, builder) == 0);
+  EXPECT(values(outputs[0]) == (std::vector<int64_t>{1, 256, 180, 160}));
+  delete p;
+  Fields g;
+  g.i("bev_shape", {1, 360, 360});
+  PluginFieldCollection gc = g.fc();
+  IPluginV3* q = round_trip(bp, bp->createPlugin("b", &gc, TensorRTPhase::kBUILD));
+  DimsExprs bev_in[7] = {dims({6, 118, 32, 88}), dims({6, 32, 88, 80}), dims({9}), dims({9}), dims({9}),
+                         dims({3}), dims({3})};
+  EXPECT(build_of(q)->getOutputShapes(bev_in, 7, nullptr, 0, outputs, 1, builder) == 0);
+  EXPECT(values(outputs[0]) == (std::vector<int64_t>{1, 80, 360, 360}));
+  delete q;
+}
+
+}  // namespace
+
+int main() {
+  EXPECT(g_registered.size() == 4);  // REGISTER_TENSORRT_PLUGIN ran at load time
+  int32_t count = 0;
+  IPluginCreatorInterface* const* list = getCreators(count);
+  EXPECT(count == 4 && list != nullptr);
+  std::vector<std::string> names;
+  for (int32_t i = 0; i < count; ++i) {
+    auto* c = static_cast<IPluginCreatorV3One*>(list[i]);
+    EXPECT(std::strcmp(c->getPluginNamespace(), "sparsefuse") == 0);
+    EXPECT(std::strcmp(c->getPluginVersion(), "1") == 0);
+    EXPECT(std::strcmp(c->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
+    names.emplace_back(c->getPluginName());
+  }
+  EXPECT(names == (std::vector<std::string>{"Voxelize", "SparseConv3d", "ScatterDense", "BEVPool"}));
+  check_voxelize();
+  check_sparse_conv3d(true);
+  check_sparse_conv3d(false);
+  check_scatter_dense_and_bev_pool();
+  if (g_failures == 0) std::printf("OK\n");
+  return g_failures == 0 ? 0 : 1;
+}
