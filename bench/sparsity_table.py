@@ -36,17 +36,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--calib", type=int, default=4)
     p.add_argument("--levels", type=int, default=11)
     p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--train-seeds", default="0:600", help="the checkpoint's training split (calibration)")
+    p.add_argument("--eval-seeds", default="100000:100100", help="held-out split (sparsefuse eval's default)")
     p.add_argument(
-        "--calib-seeds", type=int, default=50_000, help="first seed of the calibration/fine-tune split"
-    )
-    p.add_argument(
-        "--eval-seeds", type=int, default=90_000, help="first seed of the held-out evaluation split"
+        "--data-cache", default="runs/data", help="frame cache written by sparsefuse data/train/eval"
     )
     p.add_argument("--eval-frames", type=int, default=16)
     p.add_argument("--finetune-frames", type=int, default=8)
     p.add_argument("--finetune-steps", type=int, default=20)
     p.add_argument("--finetune-lr", type=float, default=5e-4)
-    p.add_argument("--cache-dir", default=".cache/frames")
+    p.add_argument("--cache-dir", default=".cache/frames", help="cache for frames not in --data-cache")
     p.add_argument("--out", default=None, help="also write the JSON here")
     return p.parse_args()
 
@@ -57,7 +56,6 @@ def main() -> int:
     from sparsefuse.errors import SparsefuseError
     from sparsefuse.models import train
     from sparsefuse.models.presets import build_model
-    from sparsefuse.models.synthetic.dataset import cached_frames
     from sparsefuse.passes.sparsity.analysis import analyze
     from sparsefuse.passes.sparsity.config import SparsityConfig
     from sparsefuse.passes.sparsity.decide import decide, final_masks
@@ -70,16 +68,9 @@ def main() -> int:
             return 2
         train.load_checkpoint(model, args.checkpoint)
     model.eval()
-    rig = model.rig
     start = time.perf_counter()
-    calib = cached_frames(
-        list(range(args.calib_seeds, args.calib_seeds + max(args.calib, args.finetune_frames))),
-        rig,
-        args.cache_dir,
-    )
-    held_out = cached_frames(
-        list(range(args.eval_seeds, args.eval_seeds + args.eval_frames)), rig, args.cache_dir
-    )
+    calib = load_split(args.model, args.train_seeds, max(args.calib, args.finetune_frames), args)
+    held_out = load_split(args.model, args.eval_seeds, args.eval_frames, args)
     frames_s = time.perf_counter() - start
 
     def forward(m, frame):
@@ -140,7 +131,8 @@ def main() -> int:
         "levels": args.levels,
         "beta": args.beta,
         "eval_frames": args.eval_frames,
-        "eval_seeds": [args.eval_seeds, args.eval_seeds + args.eval_frames - 1],
+        "eval_seeds": args.eval_seeds,
+        "train_seeds": args.train_seeds,
         "finetune": {"steps": args.finetune_steps, "lr": args.finetune_lr, "frames": args.finetune_frames},
         "frames_s": frames_s,
         "analysis_s": analysis_s,
@@ -153,6 +145,20 @@ def main() -> int:
         Path(args.out).write_text(text + "\n")
     print(markdown(rows), file=sys.stderr)
     return 0
+
+
+def load_split(model: str, seeds_text: str, take: int, args: argparse.Namespace) -> list[dict]:
+    """The first ``take`` frames of a seed split: sliced from the whole split's cache file when the
+    trainer/evaluator already rendered it, else rendered (and cached) for those seeds only."""
+    from sparsefuse.compiler.commands.data import parse_seeds, preset_rig_for
+    from sparsefuse.models.synthetic.dataset import cache_key, cached_frames, load_frames
+    from sparsefuse.models.synthetic.generate import SyntheticConfig
+
+    seeds, rig = parse_seeds(seeds_text), preset_rig_for(model)
+    whole = Path(args.data_cache) / f"frames-{cache_key(seeds, rig, SyntheticConfig())}.npz"
+    if whole.is_file():
+        return load_frames(whole)[:take]
+    return cached_frames(seeds[:take], rig, args.cache_dir)
 
 
 def markdown(rows: list[dict]) -> str:

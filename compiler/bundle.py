@@ -9,6 +9,7 @@ SOURCE_DATE_EPOCH, as in reproducible-builds practice).
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -63,6 +64,40 @@ def created_utc() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     seconds = int(epoch) if epoch and epoch.isdigit() else int(time.time())
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+# --- golden frames as compile's verify stage stores them (polygraphy JSON) ---------------------
+
+
+def _poly_array(node: Any) -> np.ndarray:
+    """A polygraphy-JSON ndarray: {"array": base64 of np.save bytes, ...}."""
+    return np.load(io.BytesIO(base64.b64decode(node["array"])), allow_pickle=False)
+
+
+def read_polygraphy_feeds(path: Path) -> list[dict[str, np.ndarray]]:
+    """verify/inputs.json (polygraphy's JSON of a list of feed dicts), decoded without importing
+    polygraphy (whose JSON module imports torch: seconds per call)."""
+    doc = json.loads(path.read_text())
+    try:
+        return [{name: _poly_array(value) for name, value in feed.items()} for feed in doc]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SparsefuseError(
+            f"{path} is not polygraphy feed JSON ({exc})", "recompile so that verify rewrites it"
+        ) from None
+
+
+def read_polygraphy_outputs(path: Path) -> list[dict[str, np.ndarray]]:
+    """The first runner's iterations of verify/golden.json (polygraphy RunResults JSON)."""
+    doc = json.loads(path.read_text())
+    try:
+        _, iterations = doc["lst"][0]
+        return [
+            {name: _poly_array(value["values"]) for name, value in it["outputs"].items()} for it in iterations
+        ]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise SparsefuseError(
+            f"{path} is not polygraphy RunResults JSON ({exc})", "recompile so that verify rewrites it"
+        ) from None
 
 
 # --- manifest ----------------------------------------------------------------------------------

@@ -16,11 +16,8 @@ the compile directory, so the trtexec recipes find the model where they expect i
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
-import io
-import json
 import os
 import shutil
 import subprocess
@@ -172,42 +169,31 @@ def native_sources(root: Path = REPO_ROOT) -> dict[str, Path]:
     return files
 
 
-def _array(node: Any) -> np.ndarray:
-    """A polygraphy-JSON ndarray: {"array": base64 of np.save bytes, ...}."""
-    return np.load(io.BytesIO(base64.b64decode(node["array"])), allow_pickle=False)
-
-
-def read_polygraphy_feeds(path: Path) -> list[dict[str, np.ndarray]]:
-    """verify/inputs.json (polygraphy's JSON of a list of feed dicts), decoded without importing
-    polygraphy (whose JSON module imports torch: seconds per call)."""
-    doc = json.loads(path.read_text())
-    return [{name: _array(value) for name, value in feed.items()} for feed in doc]
-
-
-def read_polygraphy_outputs(path: Path) -> list[dict[str, np.ndarray]]:
-    """The first runner's iterations of verify/golden.json (polygraphy RunResults JSON)."""
-    doc = json.loads(path.read_text())
-    try:
-        _, iterations = doc["lst"][0]
-        return [{name: _array(value["values"]) for name, value in it["outputs"].items()} for it in iterations]
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise SparsefuseError(
-            f"{path} is not polygraphy RunResults JSON ({exc})", "recompile so that verify rewrites it"
-        ) from None
-
-
 def golden_frames(out: Path, record: dict[str, Any], count: int) -> list[tuple[dict, dict]]:
     """[(inputs, outputs)] from the compile's verify frames (polygraphy JSON), else from the torch
     reference on fresh synthetic frames of the compiled preset."""
     inputs_json, golden_json = out / "verify" / "inputs.json", out / "verify" / "golden.json"
     if inputs_json.is_file() and golden_json.is_file():
         pairs = list(
-            zip(read_polygraphy_feeds(inputs_json), read_polygraphy_outputs(golden_json), strict=False)
+            zip(
+                bundle.read_polygraphy_feeds(inputs_json),
+                bundle.read_polygraphy_outputs(golden_json),
+                strict=False,
+            )
         )
         if pairs:
             return pairs[:count]
     from sparsefuse.compiler.config import CompileConfig
     from sparsefuse.compiler.pipeline import TorchSide
+    from sparsefuse.compiler.provenance import source_digest
+
+    compiled_with = record.get("versions", {}).get("sparsefuse_source")
+    if compiled_with != source_digest():
+        # Regenerated golden outputs would come from today's model code, not the compiled one.
+        raise SparsefuseError(
+            f"{out} has no verify frames, and sparsefuse's sources changed since it was compiled",
+            f"recompile (sparsefuse compile --out {out}) so that golden frames match the model",
+        )
 
     cfg = record.get("config", {})
     if "model" not in cfg:
@@ -271,6 +257,13 @@ def readme_text(fields: dict[str, Any], files: list[str]) -> str:
         else "ONNX Runtime"
     )
     listing = "\n".join(f"- `{f}`" for f in files)
+    label = fields["profile_label"]
+    profile_line = (
+        "No profile was recorded for this compile (`sparsefuse profile` writes one)."
+        if label is None
+        else f"`latency/profile.json` is the last profile, labelled `{label}`"
+        + (": it comes from a cost model, not from a device." if label == "estimated" else ".")
+    )
     return f"""# sparsefuse hand-off bundle: {fields["target"]}
 
 Runtime: {trt}. Model: `{fields["model"]}` (lowered by {fields["lowered_by"]}).
@@ -294,9 +287,7 @@ IPluginV3 plugins of namespace `sparsefuse`, version 1. Engines are never shippe
 specific to the GPU and TensorRT version, so build them on the vehicle's hardware.
 
 ## 3. Latency
-`latency/budget.json` holds the budget; `latency/profile.json` (when present) the last profile,
-labelled `{fields["profile_label"] or "absent"}` — an `estimated` profile comes from a cost model,
-not from a device.
+`latency/budget.json` holds the budget. {profile_line}
 
 ## Files
 {listing}

@@ -95,7 +95,8 @@ def compile_record(config: CompileConfig, inputs: dict[str, str], result: Compil
 def input_hashes(config: CompileConfig) -> dict[str, str]:
     """Hashes of the user-given inputs. Weights are seeded (no file); the model code is in the
     tool versions' source digest."""
-    return {"rig": sha256_file(config.rig)} if config.rig else {"rig": "builtin"}
+    rig = sha256_file(config.rig) if config.rig else "builtin"
+    return {"rig": rig, "weights": f"seeded init (seed {config.seed}), no checkpoint"}
 
 
 class TorchSide:

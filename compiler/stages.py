@@ -128,6 +128,9 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``dest``; it replaces ``dest`` only on success."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the artifact directory is shared
     try:
         yield tmp
         if dest.exists():

@@ -32,6 +32,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         ) from None
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts are shared files
     try:
         yield tmp
         os.replace(tmp, dest)
@@ -39,6 +40,12 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:

@@ -236,7 +236,9 @@ def latency_table(
     allocator's latency budget table). Keys are torch parameter names (= initializer names).
 
     With ``measured`` node times, a layer's dense time is the measured one and each candidate
-    keeps the cost model's ratio to dense.
+    keeps the cost model's ratio to dense. ``channel@L`` removes a fraction L of this layer's
+    output filters; the saving in the consuming layer (fewer input channels) is not attributed,
+    consistent with the allocator's per-layer additivity.
     """
     model = _load(model_or_onnx)
     rates = target_rates(target, precision)

@@ -149,3 +149,28 @@ def profile_onnxruntime(
     if profile_path:
         write_profile(profile, profile_path)
     return profile
+
+
+def profile_for_target(
+    lowered_onnx: str | os.PathLike[str],
+    target: Target | str,
+    feeds_list: Sequence[Mapping[str, np.ndarray]],
+    profile_path: str | os.PathLike[str],
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+    dims: Mapping[str, int] | None = None,
+) -> Profile:
+    """The compile driver's profile stage for any target: measured in ONNX Runtime for the cpu
+    target; estimated by the cost model for TensorRT targets (dims observed on ``feeds_list``).
+    A TensorRT target measured on a real engine goes through :func:`emit_engine_artifacts`."""
+    from sparsefuse.targets.cost_model import estimated_profile
+
+    target = get_target(target)
+    if target.backend == "onnxruntime":
+        return profile_onnxruntime(lowered_onnx, target, feeds_list, profile_path, runs=runs, warmup=warmup)
+    if dims is None and feeds_list:  # e.g. EngineArtifacts.dynamic_dims from the build stage
+        dims = observe_dims(lowered_onnx, feeds_list)
+    profile = estimated_profile(lowered_onnx, target, dims)
+    write_profile(profile, profile_path)
+    return profile

@@ -39,7 +39,8 @@ DEFAULT_NUM_POINTS = 20000
 @dataclass(frozen=True)
 class NodeWork:
     """Work of one node. flops: multiply-adds x 2; bytes: inputs + weights + outputs at the
-    graph's element sizes (the cost model rescales to the target precision)."""
+    graph's element sizes (the cost model rescales to the target precision). in_channels is the
+    GEMM reduction width per group (C/g), the dimension 2:4 groups run along."""
 
     name: str
     op_type: str
@@ -141,9 +142,9 @@ def _flops(node: Any, shapes: dict, dims: Mapping[str, int], outs: list[int]) ->
             kvol = math.prod(w[2:])
             group = int(_attr(node, "group", 1))
             if op == "Conv":  # w = [K, C/g, kh, kw]: each output element reads C/g * kvol inputs
-                return 2.0 * out0 * w[1] * kvol, w[1] * group, w[0], kvol
+                return 2.0 * out0 * w[1] * kvol, w[1], w[0], kvol
             x = _size(shapes.get(node.input[0]), dims)  # ConvTranspose: w = [C, K/g, kh, kw]
-            return 2.0 * x * w[1] * kvol, w[0], w[1] * group, kvol
+            return 2.0 * x * w[1] * kvol, w[0] // group, w[1] * group, kvol
     if op in ("Gemm", "MatMul") and len(node.input) > 1:
         b = shapes.get(node.input[1]) or []
         if b and all(isinstance(d, int) for d in b):

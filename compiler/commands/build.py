@@ -48,6 +48,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+
     from sparsefuse.targets.registry import get_target
 
     console = Console(stderr=True)

@@ -40,6 +40,14 @@ def register(subparsers: Any) -> None:
         "--estimate", action="store_true", help="cost-model estimate even where measuring works"
     )
     parser.add_argument(
+        "--backend",
+        default=None,
+        choices=("torch",),
+        help="measure the PyTorch reference model (--model) instead of an ONNX model "
+        "(CUDA events on a GPU, wall clock on the CPU)",
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="torch device")
+    parser.add_argument(
         "--import-trtexec",
         default=None,
         metavar="DIR",
@@ -82,14 +90,24 @@ def _frames(args: argparse.Namespace) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+
+    from sparsefuse.errors import SparsefuseError
     from sparsefuse.targets.profiler import write_profile
     from sparsefuse.targets.registry import get_target
 
-    from sparsefuse.errors import SparsefuseError
-
     console = Console(stderr=True)
     target = get_target(args.target)
-    if args.import_trtexec:
+    if args.backend == "torch":
+        from sparsefuse.models.presets import build_model
+        from sparsefuse.targets.backends import torch_backend
+
+        built = torch_backend.build(
+            build_model(args.model, seed=0), target, torch_backend.TorchOptions(args.device)
+        )
+        profile = torch_backend.profile(
+            built, _frames(args), runs=args.runs, warmup=args.warmup, duration_s=args.duration
+        )
+    elif args.import_trtexec:
         from sparsefuse.targets.profile_import import import_trtexec
 
         profile = import_trtexec(

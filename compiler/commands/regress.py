@@ -21,7 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="baseline JSON (entries keyed by model, target, backend, version, precision, input sizes)",
     )
     src.add_argument("--profile", type=Path, help="candidate profile.json with per-run samples_ms")
-    src.add_argument("--onnx", "--model", dest="onnx", type=Path, help="candidate ONNX: measure it now")
+    src.add_argument(
+        "--onnx",
+        "--model",
+        dest="onnx",
+        type=Path,
+        help="candidate ONNX, or a compile directory OUT (its lowered model, fed its verify frames): "
+        "measure it now",
+    )
     src.add_argument("--baseline-onnx", type=Path, help="baseline ONNX measured now, interleaved with --onnx")
     src.add_argument("--inputs", type=Path, help="npz of model inputs (e.g. a bundle's golden/inputs.npz)")
     src.add_argument(

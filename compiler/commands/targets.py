@@ -42,9 +42,14 @@ def _row(t: Any) -> dict[str, Any]:
     }
 
 
+def _rate(value: float) -> str:
+    return f"{value:g}" if value else "n/a"
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+
     from sparsefuse.targets.registry import get_target, list_targets
 
     console = Console()
@@ -82,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         table.add_column(column, overflow="fold")
     for t in targets:
-        rates16 = f"{t.fp16_dense_tflops:g} / {t.fp16_sparse_tflops or 'n/a'}" if t.fp16_dense_tflops else "-"
-        rates8 = f"{t.int8_dense_tops:g} / {t.int8_sparse_tops or 'n/a'}" if t.int8_dense_tops else "-"
+        rates16 = f"{t.fp16_dense_tflops:g} / {_rate(t.fp16_sparse_tflops)}" if t.fp16_dense_tflops else "-"
+        rates8 = f"{t.int8_dense_tops:g} / {_rate(t.int8_sparse_tops)}" if t.int8_dense_tops else "-"
         stack = " / ".join(
             x for x in (t.jetpack and f"JP {t.jetpack}", t.tensorrt and f"TRT {t.tensorrt}") if x
         )

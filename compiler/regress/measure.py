@@ -237,6 +237,15 @@ def split_total(
     return {n: tuple(float(v) * factor for v in kernel[i]) for i, n in enumerate(names)}
 
 
+def reference_repeats(model_ms: list[float], reference_ms: list[float], share: float = 0.1) -> int:
+    """Reference runs per model run, so that the reference covers about ``share`` of the model's
+    time (1..64): a 0.3 ms kernel says little about contention during a 300 ms model run. The
+    stored value is the mean per reference run, so baselines with other repeat counts compare."""
+    if not model_ms or not reference_ms:
+        return 1
+    return int(min(64, max(1, round(share * float(np.median(model_ms)) / float(np.median(reference_ms))))))
+
+
 def measure_models(
     models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], config: MeasureConfig
 ) -> dict[str, LatencySamples]:
@@ -267,18 +276,20 @@ def measure_models(
             if config.reference
             else None
         )
+        warm_model, warm_ref = [], []
         for _ in range(config.warmup):
             for name in names:
-                runners[name].run_once()
+                warm_model.append(runners[name].run_once())
                 if reference:
-                    reference.run_once()
+                    warm_ref.append(reference.run_once())
+        reps = reference_repeats(warm_model, warm_ref)
         totals: dict[str, list[float]] = {n: [] for n in names}
         refs: dict[str, list[float]] = {n: [] for n in names}
         for i in range(config.runs):
             for name in names if i % 2 == 0 else names[::-1]:
                 totals[name].append(runners[name].run_once())
                 if reference:
-                    refs[name].append(reference.run_once())
+                    refs[name].append(sum(reference.run_once() for _ in range(reps)) / reps)
         device = device_description(config.threads)
         out = {}
         for name in names:

@@ -31,6 +31,20 @@ def _row(v: Verdict) -> str:
     )
 
 
+def _mode_note(mode: str) -> list[str]:
+    if mode == "paired":
+        return []
+    # Measured by bench/regress_noise.py on a shared 2-core machine: with a baseline stored
+    # minutes earlier the reference kernel left up to ±5% of drift (a 10% slowdown was caught in
+    # 2/10 to 10/10 runs depending on the load); interleaved runs caught it in 10/10.
+    return [
+        "",
+        "Note: the baseline was measured at another time; machine drift that the reference "
+        "kernel does not cancel stays in the ratio (a few percent on a shared machine). For full "
+        "sensitivity measure the baseline model in the same run (`--baseline-onnx`).",
+    ]
+
+
 def markdown(
     verdict: LatencyVerdict,
     baseline: LatencySamples,
@@ -47,6 +61,7 @@ def markdown(
         f"Rule: fail when slower by more than {100 * cfg.threshold:.1f}% with {100 * cfg.confidence:.0f}% "
         f"confidence (lower bound of the bootstrap CI of the median ratio). Mode: {verdict.mode}. "
         f"Clock: {candidate.clock}. Latencies are measured.",
+        *_mode_note(verdict.mode),
         "",
         f"- baseline: {len(baseline.total_ms)} runs, {baseline.device or 'device not recorded'}",
         f"- candidate: {len(candidate.total_ms)} runs, {candidate.device or 'device not recorded'}",

@@ -195,6 +195,28 @@ def _accuracy(opts: RegressOptions, model: Any, feeds: dict[str, np.ndarray]) ->
     return tuple(check_outputs(got, golden, tolerances, opts.precision or "fp32"))
 
 
+def resolve_model(path: Path, target: str | None) -> tuple[Path, Any]:
+    """(ONNX file, verify frames or None). A compile directory OUT stands for its lowered model
+    OUT/lowered/<target>.onnx, fed by the first of its verify frames (OUT/verify/inputs.json)."""
+    if not path.is_dir():
+        return path, None
+    record = compile_record_near(path / "compile.json")
+    if record is None:
+        raise SparsefuseError(f"{path} is a folder but not a compile directory", "pass an ONNX file or OUT")
+    tag = target or record.get("config", {}).get("target") or "cpu"
+    onnx_path = path / "lowered" / f"{tag.replace('/', '_')}.onnx"
+    if not onnx_path.is_file():
+        raise SparsefuseError(
+            f"{path} has no lowered model for target {tag}", "compile for it, or pass --onnx"
+        )
+    inputs = path / "verify" / "inputs.json"
+    if not inputs.is_file():
+        return onnx_path, None
+    from sparsefuse.compiler.bundle import read_polygraphy_feeds
+
+    return onnx_path, read_polygraphy_feeds(inputs)
+
+
 def gather(
     opts: RegressOptions,
 ) -> tuple[LatencySamples | None, LatencySamples, BaselineKey, bool, Any, dict]:
@@ -206,11 +228,14 @@ def gather(
         candidate = samples_from_json(doc, f"profile {opts.profile}")
         key = key_for_profile(doc, opts.profile, opts)
     else:
-        model = load_cpu_model(opts.onnx)
+        onnx_path, frames = resolve_model(opts.onnx, opts.target)
+        model = load_cpu_model(onnx_path)
         feeds = make_feeds(model, opts.inputs)
-        key = key_for_onnx(opts.onnx, feeds, opts)
+        if opts.inputs is None and frames is not None:
+            feeds = {name: frames[0][name] for name in feeds if name in frames[0]} or feeds
+        key = key_for_onnx(onnx_path, feeds, opts)
         if opts.baseline_onnx is not None:
-            base_model = load_cpu_model(opts.baseline_onnx)
+            base_model = load_cpu_model(resolve_model(opts.baseline_onnx, opts.target)[0])
             got = measure_models({"baseline": base_model, "candidate": model}, feeds, opts.measure)
             return got["baseline"], got["candidate"], key, True, model, feeds
         candidate = measure_models({"candidate": model}, feeds, opts.measure)["candidate"]

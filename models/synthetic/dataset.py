@@ -18,6 +18,7 @@ from sparsefuse.errors import SparsefuseError
 from sparsefuse.models.rig import Rig
 from sparsefuse.models.synthetic.generate import SyntheticConfig, make_frame, rig_grid
 
+GENERATOR_VERSION = 2  # bump whenever the generator's output changes (invalidates caches)
 FRAME_KEYS = ("images", "points", "gt_boxes", "gt_labels", "seg_masks", "night", "seed")
 
 
@@ -41,7 +42,7 @@ def generate_frames(
 def cache_key(seeds: list[int], rig: Rig, config: SyntheticConfig) -> str:
     """Content key of a frame set: seeds, rig and generator config (and the generator version)."""
     blob = json.dumps(
-        {"seeds": [int(s) for s in seeds], "rig": rig.to_dict(), "config": asdict(config), "version": 1},
+        {"seeds": [int(s) for s in seeds], "rig": rig.to_dict(), "config": asdict(config), "version": GENERATOR_VERSION},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -26,7 +26,9 @@ class LidarConfig:
     dropout: float = 0.05  # base probability a return is lost
 
 
-_GROUND_REFLECTIVITY = {GRASS: 0.12, ROAD: 0.08, SIDEWALK: 0.25, MARKING: 0.85}
+# Ground materials return nearly alike (incidence angle dominates), so the drivable area is mostly
+# a camera cue; paint is only faintly brighter.
+_GROUND_REFLECTIVITY = {GRASS: 0.10, ROAD: 0.08, SIDEWALK: 0.11, MARKING: 0.2}
 _CLASS_REFLECTIVITY = np.array([0.35, 0.45, 0.2, 0.75])  # car, truck, pedestrian, barrier (retroreflective)
 
 

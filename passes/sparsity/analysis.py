@@ -68,6 +68,7 @@ def analyze(
     sites: Mapping[str, str] | None = None,
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    before_measure: Callable[[Analysis], None] | None = None,
 ) -> Analysis:
     """Discover, build candidates and (when ``measure``) measure δᵈ and per-site λ bounds."""
     model.eval()
@@ -82,6 +83,8 @@ def analyze(
 
     sens = None
     site_lambda = [[{} for _ in c] for c in cands]
+    if before_measure is not None:  # e.g. a budget check, before the expensive part
+        before_measure(Analysis(layers, cands, chains, None, site_lambda, pattern, site_map))
     if measure:
         sens = measure_sensitivity(
             model, frames, forward, layers, cands, masks_fn, site_map, worst_case, use_cache, progress

@@ -62,8 +62,12 @@ def apply_plan_onnx(
             order = np.asarray(layer.permutation["order"], dtype=np.int64)
             for name, axis in layer.permutation["tensors"].items():
                 updated[mapping.get(name, name)] = np.take(values(name), order, axis=int(axis))
-    names = {n for layer in plan.layers for n in (layer.name, *((layer.channel or {}).get("tensors", {})))}
-    names = {n for n in names if mapping.get(n, n) in consts}
+    names = set()
+    for layer in plan.layers:
+        if layer.level > 0:  # every weight a mask is computed from must exist (const() says which not)
+            names.add(layer.name)
+            if layer.pattern == "channel" and layer.channel and "consumer" in layer.channel:
+                names.add(layer.channel["consumer"])
     weights = {n: torch.from_numpy(np.array(values(n))) for n in names}
     for name, mask in plan_masks(plan, weights).items():
         v = values(name)

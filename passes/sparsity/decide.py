@@ -80,6 +80,26 @@ def _interp(levels: Sequence[float], values: Sequence[float], level: float) -> f
     return float(np.interp(level, levels, values))
 
 
+def _check_floor(costs: Sequence[Sequence[float]], config: SparsityConfig, pattern: str) -> None:
+    dense_total = float(sum(row[0] for row in costs))
+    floor = sum(min(row) for row in costs)
+    if floor > config.budget * dense_total * (1 + 1e-12):
+        raise SparsefuseError(
+            f"{config.budget_kind} budget {config.budget:g} is below the smallest achievable fraction "
+            f"{floor / dense_total:.4f} for pattern {pattern!r}",
+            f"use a budget ≥ {floor / dense_total:.4f} or another pattern",
+        )
+
+
+def check_budget(analysis: Analysis, config: SparsityConfig, latency: Mapping | None = None) -> None:
+    """Fail fast (before the sensitivity measurement) when no candidate choice meets the budget."""
+    costs = [
+        [candidate_cost(layer, c, config.budget_kind, latency) for c in cands]
+        for layer, cands in zip(analysis.layers, analysis.candidates, strict=True)
+    ]
+    _check_floor(costs, config, analysis.pattern)
+
+
 def decide(
     analysis: Analysis,
     weights: Mapping[str, torch.Tensor],
@@ -93,13 +113,7 @@ def decide(
     ]
     dense_total = float(sum(row[0] for row in costs))
     budget = config.budget * dense_total
-    floor = sum(min(row) for row in costs)
-    if floor > budget * (1 + 1e-12):
-        raise SparsefuseError(
-            f"{kind} budget {config.budget:g} is below the smallest achievable fraction "
-            f"{floor / dense_total:.4f} for pattern {analysis.pattern!r}",
-            f"use a budget ≥ {floor / dense_total:.4f} or another pattern",
-        )
+    _check_floor(costs, config, analysis.pattern)
     dist = analysis.distortion()
     lam = analysis.lam(config.weights())
     delta, d_ref, l_ref = regularized_distortion(dist, lam, config.effective_beta)

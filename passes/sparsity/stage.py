@@ -24,7 +24,7 @@ from sparsefuse.passes.sparsity.calib import default_forward, synthetic_frames
 from sparsefuse.passes.sparsity.candidates import candidate_cost
 from sparsefuse.passes.sparsity.channel import ChannelChain, permute_chain
 from sparsefuse.passes.sparsity.config import SparsityConfig
-from sparsefuse.passes.sparsity.decide import Decision, decide, final_masks
+from sparsefuse.passes.sparsity.decide import Decision, check_budget, decide, final_masks
 from sparsefuse.passes.sparsity.discover import discover_layers
 from sparsefuse.passes.sparsity.patterns import retained_magnitude, search_permutation
 from sparsefuse.passes.sparsity.plan import LayerPlan, SparsityPlan, write_curves, write_plan
@@ -244,6 +244,7 @@ def run_sparsity_stage(
         measure=True,
         worst_case=config.worst_case,
         progress=progress,
+        before_measure=lambda a: check_budget(a, config, latency),
     )
     weights = {n: p.detach() for n, p in work.named_parameters()}
     decision = decide(analysis, weights, config, latency)

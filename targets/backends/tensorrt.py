@@ -154,7 +154,11 @@ def build_engine(plan: TrtBuildPlan, api: SimpleNamespace, plugin_library: str |
     if plan.dla_core is not None:
         config = api.PostprocessConfig(config, _set_dla_core(plan.dla_core))
     engine = api.EngineFromNetwork(network, config=config, save_timing_cache=cache)()
-    api.SaveEngine(engine, str(plan.engine_path))()
+    # Written beside the destination and renamed, so an interrupted save never looks like an engine.
+    partial = plan.engine_path.with_name(plan.engine_path.name + ".partial")
+    api.SaveEngine(engine, str(partial))()
+    if partial.exists():
+        os.replace(partial, plan.engine_path)
     inspector = engine.create_engine_inspector()
     layers = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     write_text(plan.layers_path, layers if isinstance(layers, str) else json.dumps(layers))

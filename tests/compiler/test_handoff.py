@@ -265,6 +265,11 @@ def test_handoff_errors_are_clear_and_leave_nothing_behind(out_dir, tmp_path, ca
     assert handoff(out_dir, tmp_path / "b") == 0
     assert handoff(out_dir, tmp_path / "b") == 0  # an earlier bundle is replaced
     assert main(["verify", str(tmp_path / "nope")]) == 2
+    stale = make_out(tmp_path / "STALE")
+    for name in ("inputs.json", "golden.json"):
+        (stale / "verify" / name).unlink()
+    assert handoff(stale, tmp_path / "stale_bundle") == 2  # golden frames would come from other code
+    assert "sources changed since it was compiled" in capsys.readouterr().err
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("mine")

@@ -401,3 +401,28 @@ def test_accuracy_gate_runs_the_candidate_on_golden_inputs(tmp_path, capsys):
     suite = ET.parse(tmp_path / "r" / "regress.junit.xml").getroot().find("testsuite")
     failed = [c.get("name") for c in suite.findall("testcase") if c.find("failure") is not None]
     assert failed == [f"accuracy.{out_name}"]
+
+
+def test_a_compile_directory_stands_for_its_lowered_model_and_verify_frames(tmp_path):
+    import base64
+    import io
+
+    out = tmp_path / "OUT"
+    (out / "lowered").mkdir(parents=True)
+    (out / "verify").mkdir()
+    onnx.save(conv_model(), str(out / "lowered" / "cpu.onnx"))
+    record = {"config": {"model": "bevfusion-tiny", "seed": 3, "target": "cpu"}, "inputs": {"rig": "builtin"}}
+    (out / "compile.json").write_text(json.dumps(record))
+    buf = io.BytesIO()
+    np.save(buf, np.full((1, 8, 16, 16), 0.5, np.float32))
+    frame = {"x": {"array": base64.b64encode(buf.getvalue()).decode(), "polygraphy_class": "ndarray"}}
+    (out / "verify" / "inputs.json").write_text(json.dumps([frame]))
+    rd = tmp_path / "r"
+    args = ["regress", "--model", str(out), "--baseline-onnx", str(out), "--runs", "10", "--warmup", "2",
+            "--threshold", "50", "--bootstrap", "200", "--no-plot", "--report-dir", str(rd)]  # fmt: skip
+    assert main(args) == 0
+    key = json.loads((rd / "regress.json").read_text())["key"]
+    from sparsefuse.compiler.regress.run import source_model_hash
+
+    assert key["model_hash"] == source_model_hash(record) and key["target"] == "cpu"
+    assert main([*args[:2], str(tmp_path), *args[3:]]) == 2  # a folder that is no compile directory

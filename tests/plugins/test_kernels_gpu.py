@@ -193,12 +193,13 @@ def run_conv(feats, coords, weight, bias, shape, case, activation):
 
 
 @pytest.mark.parametrize("algo", ["gather_gemm_scatter", "implicit_gemm", "direct"])
+@pytest.mark.parametrize("channels", [(5, 7), (16, 32)])  # scalar and 16-byte vector paths
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_sparse_conv3d_matches_reference(sfcuda, gen, case, dtype, algo):
+def test_sparse_conv3d_matches_reference(sfcuda, gen, case, dtype, channels, algo):
     sfcuda.set_tuning(algo=algo)
     shape = [9, 12, 10]
-    c_in, c_out = (16, 32) if dtype == torch.float16 else (5, 7)
+    c_in, c_out = channels
     feats, coords = sparse_input(gen, 500, shape, channels=c_in)
     weight = torch.randn(c_out, *case[0], c_in, generator=gen) * 0.2
     bias = torch.randn(c_out, generator=gen)

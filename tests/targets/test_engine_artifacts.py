@@ -216,3 +216,14 @@ def test_user_target_file_through_cli(toy_onnx, tmp_path):
         == 0
     )
     assert "lab/orin" in (tmp_path / "e" / "build_engine.sh").read_text()
+
+
+def test_profile_for_target_picks_measured_or_estimated(toy_onnx, tmp_path):
+    from sparsefuse.targets.engine import profile_for_target
+
+    frames = [toy_feeds(30)]
+    cpu = profile_for_target(toy_onnx, "cpu", frames, tmp_path / "cpu.json", runs=2, warmup=1)
+    orin = profile_for_target(toy_onnx, "jetson/orin-nx-16gb", frames, tmp_path / "orin.json")
+    assert (cpu.label, orin.label) == ("measured", "estimated")
+    assert json.loads((tmp_path / "orin.json").read_text())["lidar_points_per_frame"] == [30]
+    assert json.loads((tmp_path / "cpu.json").read_text())["latency_ms"]["runs"] == 2

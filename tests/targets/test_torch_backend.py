@@ -115,3 +115,35 @@ def test_gpu_profile_uses_cuda_events():
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_cli_profile_backend_torch(tmp_path, monkeypatch):
+    import json
+
+    import sparsefuse.models.presets as presets
+    from sparsefuse.compiler.cli import main
+
+    monkeypatch.setattr(presets, "build_model", lambda name, seed=0: TinyFusion())
+    np.savez(tmp_path / "in.npz", **feeds(12))
+    argv = [
+        "profile",
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--target",
+        "cpu",
+        "--inputs",
+        str(tmp_path / "in.npz"),
+        "--out",
+        str(tmp_path / "p.json"),
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+    ]
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert (
+        doc["backend"] == "torch" and doc["label"] == "measured" and doc["lidar_points_per_frame"] == [12, 12]
+    )

@@ -18,7 +18,7 @@ from sparsefuse.passes.sparsity.patterns import (
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     k=st.integers(1, 6),
     groups=st.integers(1, 4),

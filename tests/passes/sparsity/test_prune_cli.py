@@ -17,23 +17,8 @@ def toy_loader(monkeypatch, model, frames):
 
 
 def test_prune_cli_writes_plan_and_meets_budget(toy_loader, tmp_path, capsys):
-    code = cli.main(
-        [
-            "prune",
-            "--model",
-            "toy",
-            "--budget",
-            "params=0.25",
-            "--allocator",
-            "lamp",
-            "--calib",
-            "1",
-            "--levels",
-            "3",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    args = "prune --model toy --budget params=0.25 --allocator lamp --calib 1 --levels 2 --out".split()
+    code = cli.main([*args, str(tmp_path)])
     assert code == 0
     plan = json.loads((tmp_path / "sparsity" / "plan.json").read_text())
     assert plan["allocator"] == "lamp" and abs(plan["achieved_sparsity"] - 0.75) <= 0.005

@@ -103,3 +103,65 @@ def test_uniform_2to4_every_eligible_layer_has_at_most_two_of_four(model, frames
         assert layer.params_kept == layer.params // 2
     ineligible = [layer for layer in plan.layers if not layer.nm_valid]
     assert ineligible and all(layer.level == 0 for layer in ineligible)  # e.g. C=3 stem, C=4 voxel input
+
+
+def test_onnx_apply_names_a_missing_initializer():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from sparsefuse.errors import SparsefuseError
+    from sparsefuse.passes.sparsity.apply_onnx import apply_plan_onnx
+    from sparsefuse.passes.sparsity.plan import LayerPlan, SparsityPlan
+
+    w = np.arange(16, dtype=np.float32).reshape(2, 8) - 7.5
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "lin.weight_t"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(w.T.copy(), "lin.weight_t")],
+    )
+    model = helper.make_model(graph)
+    layer = LayerPlan(
+        "lin.weight",
+        "linear",
+        "head",
+        [2, 8],
+        "unstructured",
+        0.5,
+        16,
+        8,
+        32.0,
+        16.0,
+        0.0,
+        0.0,
+        0.0,
+        8.0,
+        True,
+        False,
+        "",
+        1,
+        0,
+    )
+    plan = SparsityPlan(
+        "uniform",
+        "unstructured",
+        "params",
+        0.5,
+        8,
+        16,
+        8,
+        0.5,
+        0.5,
+        0.0,
+        {},
+        "",
+        {},
+        None,
+        {},
+        0.0,
+        {},
+        [layer],
+    )
+    with pytest.raises(SparsefuseError, match="no initializer 'lin.weight'"):
+        apply_plan_onnx(model, plan)
