@@ -35,7 +35,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sparsities", default="0.5,0.75,0.83")
     p.add_argument("--calib", type=int, default=4)
     p.add_argument("--levels", type=int, default=11)
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--betas", default="1", help="MMPrune4U β values (one mmprune4u row per β)")
+    p.add_argument("--allocators", default=",".join(ALLOCATORS))
     p.add_argument("--train-seeds", default="0:600", help="the checkpoint's training split (calibration)")
     p.add_argument("--eval-seeds", default="100000:100100", help="held-out split (sparsefuse eval's default)")
     p.add_argument(
@@ -86,11 +87,14 @@ def main() -> int:
     analysis_s = time.perf_counter() - t0
     weights = {n: p.detach() for n, p in model.named_parameters()}
     for sparsity in (float(s) for s in args.sparsities.split(",")):
-        for allocator in ALLOCATORS:
+        runs = [(a, 1.0) for a in args.allocators.split(",") if a != "mmprune4u"]
+        if "mmprune4u" in args.allocators.split(","):
+            runs += [("mmprune4u", float(b)) for b in args.betas.split(",")]
+        for allocator, beta in runs:
             config = SparsityConfig(
                 allocator=allocator,
                 budget=round(1.0 - sparsity, 6),
-                beta=args.beta,
+                beta=beta,
                 levels=args.levels,
                 calib=args.calib,
             )
@@ -107,6 +111,7 @@ def main() -> int:
             train.apply_masks(pruned, masks)
             row = {
                 "allocator": allocator,
+                "beta": config.effective_beta,
                 "sparsity": sparsity,
                 "achieved_sparsity": plan.achieved_sparsity,
                 "solve_s": solve_s,
@@ -120,7 +125,10 @@ def main() -> int:
                 )
                 row["finetuned"] = evaluate(pruned)
             rows.append(row)
-            print(f"{allocator} @ {sparsity}: {row['one_shot']} -> {row.get('finetuned')}", file=sys.stderr)
+            print(
+                f"{_label(row)} @ {sparsity}: {row['one_shot']} -> {row.get('finetuned')}",
+                file=sys.stderr,
+            )
     result = {
         "bench": "sparsity_table",
         "machine": platform.node(),
@@ -129,7 +137,7 @@ def main() -> int:
         "untrained": args.untrained,
         "calib_frames": args.calib,
         "levels": args.levels,
-        "beta": args.beta,
+        "betas": args.betas,
         "eval_frames": args.eval_frames,
         "eval_seeds": args.eval_seeds,
         "train_seeds": args.train_seeds,
@@ -161,6 +169,10 @@ def load_split(model: str, seeds_text: str, take: int, args: argparse.Namespace)
     return cached_frames(seeds[:take], rig, args.cache_dir)
 
 
+def _label(row: dict) -> str:
+    return f"mmprune4u β={row['beta']:g}" if row["allocator"] == "mmprune4u" else row["allocator"]
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| allocator | sparsity | achieved | mIoU one-shot | mAP one-shot | mIoU fine-tuned | mAP fine-tuned "
@@ -173,7 +185,7 @@ def markdown(rows: list[dict]) -> str:
             continue
         one, ft = r["one_shot"], r.get("finetuned") or {}
         lines.append(
-            f"| {r['allocator']} | {r['sparsity']:g} | {r.get('achieved_sparsity', 0.0):.4f} "
+            f"| {_label(r)} | {r['sparsity']:g} | {r.get('achieved_sparsity', 0.0):.4f} "
             f"| {one['mIoU']:.4f} "
             f"| {one['mAP']:.4f} | {ft.get('mIoU', float('nan')):.4f} | {ft.get('mAP', float('nan')):.4f} "
             f"| {r.get('solve_s', 0.0):.4f} |"

@@ -19,7 +19,7 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -267,13 +267,17 @@ def write_tar_gz(root: Path, dest: Path) -> Path:
 
 
 def _unsafe_name(name: str) -> str:
-    """Why ``name`` may not be extracted ('' when it is safe)."""
+    """Why ``name`` may not be extracted ('' when it is safe). Only canonical relative POSIX
+    paths pass: no leading '/', no drive letter, no '..', '.' or empty components."""
     if not name or "\x00" in name or "\\" in name:
         return "empty name, NUL or backslash"
-    if name.startswith("/") or PurePosixPath(name).is_absolute() or (len(name) > 1 and name[1] == ":"):
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "absolute path"
-    if any(part == ".." for part in PurePosixPath(name).parts):
+    parts = name.split("/")
+    if ".." in parts:
         return "path traversal"
+    if any(part in ("", ".") for part in parts):
+        return "non-canonical path"
     return ""
 
 
@@ -315,6 +319,13 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int = 8 << 30) -> Path:
             total += m.size
             if total > max_bytes:
                 raise BundleError(f"{archive} expands past {max_bytes} bytes", "the archive is not a bundle")
+        files = {m.name.removeprefix("./") for m in members if m.isfile()}
+        parents = {"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)}
+        clash = sorted(files & parents)
+        if clash:
+            raise BundleError(
+                f"refusing to extract {clash[0]!r}: both a file and a folder", "the archive is ambiguous"
+            )
         dest.mkdir(parents=True, exist_ok=True)
         if any(dest.iterdir()):
             raise SparsefuseError(f"extraction folder {dest} is not empty", "extract into a new folder")

@@ -242,7 +242,8 @@ def engine_recipes(stage: Path, target: Any, model_rel: str, pairs: list[tuple[d
         stage / "engine" / slug(target.tag),
     )
     recipes = trtexec.write_recipes(plan)
-    return [p.relative_to(stage).as_posix() for p in (recipes.build_script, recipes.profile_script)]
+    root = stage.resolve()
+    return [p.resolve().relative_to(root).as_posix() for p in (recipes.build_script, recipes.profile_script)]
 
 
 def readme_text(fields: dict[str, Any], files: list[str]) -> str:
@@ -389,7 +390,7 @@ def _normalize_modes(root: Path) -> None:
 
 def make_bundle(opts: HandoffOptions) -> HandoffResult:
     """Write the bundle directory and its deterministic tar.gz, both atomically."""
-    dest = opts.bundle_dir or opts.out / "handoff" / slug(opts.target)
+    dest = Path(os.path.abspath(opts.bundle_dir or opts.out / "handoff" / slug(opts.target)))
     with staged_dir(dest) as stage:
         fields = collect(opts, stage)
         manifest = bundle.build_manifest(stage, fields)

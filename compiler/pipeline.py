@@ -31,6 +31,7 @@ SCHEMA_VERSION = 1
 EXPORT_ONNX = "export/model.onnx"
 PASSES_ONNX = "passes/model.onnx"
 VERIFY_FILES = ("verify.json", "verify/inputs.json", "verify/golden.json")
+REFERENCE_THREADS = 1  # torch intra-op threads of the PyTorch reference in verify
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,16 @@ class TorchSide:
 
         from sparsefuse.passes.export import OUTPUT_NAMES
 
-        with torch.inference_mode():
-            outs = self.model(torch.from_numpy(frame["images"]), torch.from_numpy(frame["points"]))
+        previous = torch.get_num_threads()
+        # The reference is index-heavy (gather / index_add per kernel offset); on a shared, busy
+        # CPU its many short parallel regions stall: one tiny-preset forward measured 0.65-1.0 s
+        # with 1 thread vs 3-18 s with 2 on our loaded 2-core machine. Speed is not its job.
+        torch.set_num_threads(REFERENCE_THREADS)
+        try:
+            with torch.inference_mode():
+                outs = self.model(torch.from_numpy(frame["images"]), torch.from_numpy(frame["points"]))
+        finally:
+            torch.set_num_threads(previous)
         return {name: t.detach().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outs, strict=True)}
 
     def export_frame(self) -> dict[str, np.ndarray]:

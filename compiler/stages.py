@@ -80,9 +80,9 @@ class StageRunner:
         """Run stage ``name`` unless cached. ``inputs``: {label: sha256}; ``outputs``: relpaths."""
         key = stage_key(name, inputs, config, self.versions)
         self.progress.stage_started(name)
-        record = self._cached(name, key, outputs)
+        start = time.perf_counter()
+        record = self._cached(name, key, outputs, start)
         if record is None:
-            start = time.perf_counter()
             try:
                 details = dict(fn() or {})
             except BaseException:
@@ -100,7 +100,8 @@ class StageRunner:
     def _cache_path(self, name: str) -> Path:
         return self.out / CACHE_DIR / f"{name}.json"
 
-    def _cached(self, name: str, key: str, outputs: Sequence[str]) -> StageRecord | None:
+    def _cached(self, name: str, key: str, outputs: Sequence[str], start: float) -> StageRecord | None:
+        """The saved record when it still holds; its wall_s is this check's time (s)."""
         try:
             saved = json.loads(self._cache_path(name).read_text())
         except (OSError, ValueError):
@@ -109,7 +110,7 @@ class StageRunner:
         covers = all(any(rel == o or rel.startswith(o.rstrip("/") + "/") for rel in hashes) for o in outputs)
         if saved.get("key") != key or not covers or not outputs_intact(self.out, hashes):
             return None
-        return StageRecord(name, key, hashes, float(saved.get("wall_s", 0.0)), True, saved.get("details", {}))
+        return StageRecord(name, key, hashes, time.perf_counter() - start, True, saved.get("details", {}))
 
 
 def remove_outputs(out: Path, relpaths: Sequence[str]) -> None:

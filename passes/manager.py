@@ -10,6 +10,7 @@ the runner adds what every pass needs (STYLE.md, "A pass is a module with one pu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +28,12 @@ class PassContext:
 
     target_backend: "onnxruntime" | "tensorrt" | None (target-independent passes).
     options: free-form per-pass options, keyed by pass name.
-    log: sink for one-line messages.
+    log: sink for one-line messages (default: the ``sparsefuse.passes`` logger, level INFO).
     """
 
     target_backend: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    log: Callable[[str], None] = lambda _msg: None
+    log: Callable[[str], None] = logging.getLogger("sparsefuse.passes").info
 
 
 PassFn = Callable[[onnx.ModelProto, PassContext], onnx.ModelProto]

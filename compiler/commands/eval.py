@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    import sparsefuse.models as models_pkg
     from sparsefuse.atomic import write_json
     from sparsefuse.compiler.commands.data import parse_seeds, preset_rig_for
     from sparsefuse.errors import SparsefuseError
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise SparsefuseError(f"unknown mode(s) {unknown or args.modes!r}", f"choose from {', '.join(MODES)}")
     torch.set_num_threads(args.threads)
     ckpt = args.checkpoint or str(
-        Path(__file__).resolve().parents[2] / "models" / "checkpoints" / f"{args.model}.safetensors"
+        Path(models_pkg.__file__).parent / "checkpoints" / f"{args.model}.safetensors"
     )
     model = load_checkpoint(build_model(args.model), ckpt)
     config = SyntheticConfig(force_night=True if args.night else None)

@@ -85,7 +85,11 @@ def _verdict(
         note = "absent in baseline" if not b else "absent in candidate" if not c else "no measurable time"
         return Verdict(name, None, False, False, c_med - b_med, share, note)
     paired = mode == "paired" and len(b) == len(c)
-    normalized = mode == "reference-normalized"
+    normalized = (
+        mode == "reference-normalized"
+        and len(b) == len(baseline.reference_ms or ())
+        and len(c) == len(candidate.reference_ms or ())
+    )
     ci = median_ratio_ci(
         b,
         c,

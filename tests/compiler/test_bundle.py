@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sparsefuse.compiler import bundle
 from sparsefuse.compiler.bundle import BundleError
@@ -169,6 +171,8 @@ def special(name: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
         ([special("fifo", tarfile.FIFOTYPE)], "not a regular file"),
         ([special("dev", tarfile.CHRTYPE)], "not a regular file"),
         ([regular("dup.txt", b"1"), regular("dup.txt", b"2")], "duplicate"),
+        ([regular("a/./b.txt")], "non-canonical"),
+        ([regular("model"), regular("model/x.onnx")], "both a file and a folder"),
     ],
 )
 def test_safe_extract_refuses_crafted_archives(tmp_path, members, reason):
@@ -196,3 +200,28 @@ def test_safe_extract_refuses_a_non_empty_destination(tmp_path):
     with pytest.raises(bundle.SparsefuseError, match="not empty"):
         bundle.safe_extract(archive, tmp_path / "dest")
     assert (tmp_path / "dest" / "keep").read_text() == "mine"
+
+
+_SEGMENT = st.sampled_from(["a", "b", "..", ".", "model", "x.onnx", ""])
+
+
+@settings(max_examples=60, deadline=None)
+@given(parts=st.lists(_SEGMENT, min_size=1, max_size=4), absolute=st.booleans())
+def test_extraction_never_writes_outside_the_destination(tmp_path_factory, parts, absolute):
+    """Property: a member is extracted iff its name (less a leading './') is a canonical relative
+    path (no '..', '.' or empty parts); what is written lands inside the destination, at that name."""
+    tmp = tmp_path_factory.mktemp("prop")
+    name = ("/" if absolute else "") + "/".join(parts)
+    archive = crafted_tar(tmp / "t.tar.gz", [regular(name, b"payload")])
+    dest = tmp / "dest"
+    canonical = name.removeprefix("./")  # "tar -C dir ." style prefixes are accepted
+    unsafe = canonical.startswith("/") or any(p in ("", ".", "..") for p in canonical.split("/"))
+    try:
+        bundle.safe_extract(archive, dest)
+    except BundleError:
+        assert unsafe
+        assert not any(p.is_file() for p in tmp.rglob("*") if p.name != "t.tar.gz")
+        return
+    assert not unsafe
+    written = [p for p in tmp.rglob("*") if p.is_file() and p.name != "t.tar.gz"]
+    assert written == [dest / canonical] and (dest / canonical).read_bytes() == b"payload"

@@ -196,7 +196,8 @@ def test_bundle_for_orin_verifies_and_runs_on_cpu(out_dir, tmp_path, capsys):
 
 def test_two_builds_differ_only_in_the_timestamp(out_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    assert handoff(out_dir, tmp_path / "a") == 0
+    monkeypatch.chdir(tmp_path)
+    assert handoff(out_dir, Path("a")) == 0  # a relative --out works too
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
     assert handoff(out_dir, tmp_path / "b") == 0
     ma, mb = bundle.read_manifest(tmp_path / "a"), bundle.read_manifest(tmp_path / "b")

@@ -69,7 +69,7 @@ def test_synthetic_frames_keep_shapes_and_ranges(frames):
 
 
 def test_worst_case_is_the_max_over_frames(model, frames):
-    mean = analyze(model, frames, "2:4").distortion()
-    worst = analyze(model, frames, "2:4", worst_case=True).distortion()
+    mean = analyze(model, frames[:2], "2:4").distortion()
+    worst = analyze(model, frames[:2], "2:4", worst_case=True).distortion()
     pruned = [(m[-1], w[-1]) for m, w in zip(mean, worst, strict=True) if len(m) > 1]
     assert pruned and all(w >= m > 0 for m, w in pruned) and any(w > m * 1.01 for m, w in pruned)
