@@ -16,7 +16,8 @@ MAX_VERIFY_FRAMES = 64
 @dataclass(frozen=True)
 class CompileConfig:
     """model: preset name; target: target tag; out: artifact directory; rig: rig JSON (None = the
-    preset's built-in rig); seed: weights and export frame; verify_frames: fresh frames checked."""
+    preset's built-in rig); seed: initial weights and export frame; verify_frames: fresh frames
+    checked; weights: safetensors checkpoint of the preset's parameters (None = seeded init)."""
 
     model: str
     target: str
@@ -24,11 +25,13 @@ class CompileConfig:
     rig: Path | None = None
     seed: int = 0
     verify_frames: int = 3
+    weights: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["out"] = self.out.as_posix()
         data["rig"] = self.rig.as_posix() if self.rig else None
+        data["weights"] = self.weights.as_posix() if self.weights else None
         return data
 
     def key_dict(self) -> dict[str, Any]:
@@ -39,17 +42,19 @@ class CompileConfig:
 
     def model_key_dict(self) -> dict[str, Any]:
         """The fields that change the torch model and the export frame."""
-        return {"model": self.model, "rig": self.to_dict()["rig"], "seed": self.seed}
+        data = self.to_dict()
+        return {"model": self.model, "rig": data["rig"], "seed": self.seed, "weights": data["weights"]}
 
 
 def make_config(
     model: str, target: str, out: str | os.PathLike[str], rig: str | os.PathLike[str] | None = None,
-    seed: int = 0, verify_frames: int = 3,
+    seed: int = 0, verify_frames: int = 3, weights: str | os.PathLike[str] | None = None,
 ) -> CompileConfig:
     """Validate every field; a bad one raises SparsefuseError naming it and what is allowed."""
     _check_model(model)
     _check_target(target)
     rig_path = _check_rig(rig) if rig is not None else None
+    weights_path = _check_weights(weights) if weights is not None else None
     if not isinstance(seed, int) or seed < 0:
         raise SparsefuseError(f"--seed must be a non-negative integer, got {seed!r}", "e.g. --seed 0")
     if not isinstance(verify_frames, int) or not 1 <= verify_frames <= MAX_VERIFY_FRAMES:
@@ -58,7 +63,7 @@ def make_config(
             "the default is 3 fresh frames",
         )
     out_path = _check_out(Path(out))
-    return CompileConfig(model, target, out_path, rig_path, seed, verify_frames)
+    return CompileConfig(model, target, out_path, rig_path, seed, verify_frames, weights_path)
 
 
 def _check_model(name: str) -> None:
@@ -88,6 +93,24 @@ def _check_rig(rig: str | os.PathLike[str]) -> Path:
     if not path.is_file():
         raise SparsefuseError(f"rig file not found: {path}", "pass an existing rig JSON with --rig")
     load_rig(path)  # raises SparsefuseError naming the malformed field
+    return path.resolve()
+
+
+def _check_weights(weights: str | os.PathLike[str]) -> Path:
+    """The checkpoint must exist and be a readable safetensors file; whether it fits the model
+    is checked when the model is built (models/train.py load_checkpoint)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(weights)
+    if not path.is_file():
+        raise SparsefuseError(f"weights file not found: {path}",
+                              "pass a .safetensors checkpoint written by `sparsefuse train` (--weights)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SparsefuseError(f"cannot read weights {path}: {str(exc).splitlines()[0] if str(exc) else exc}",
+                              "--weights must be a safetensors file") from None
     return path.resolve()
 
 

@@ -94,10 +94,11 @@ def compile_record(config: CompileConfig, inputs: dict[str, str], result: Compil
 
 
 def input_hashes(config: CompileConfig) -> dict[str, str]:
-    """Hashes of the user-given inputs. Weights are seeded (no file); the model code is in the
-    tool versions' source digest."""
+    """Hashes of the user-given inputs (rig, weights); the model code is in the tool versions'
+    source digest."""
     rig = sha256_file(config.rig) if config.rig else "builtin"
-    return {"rig": rig, "weights": f"seeded init (seed {config.seed}), no checkpoint"}
+    weights = sha256_file(config.weights) if config.weights else f"seeded init (seed {config.seed})"
+    return {"rig": rig, "weights": weights}
 
 
 class TorchSide:
@@ -132,7 +133,12 @@ class TorchSide:
     def model(self) -> Any:
         from sparsefuse.models.presets import build_model
 
-        return build_model(self.config.model, rig=self.rig, seed=self.config.seed).eval()
+        model = build_model(self.config.model, rig=self.rig, seed=self.config.seed)
+        if self.config.weights is not None:
+            from sparsefuse.models.train import load_checkpoint
+
+            load_checkpoint(model, self.config.weights)
+        return model.eval()
 
     def frame(self, seed: int, num_points: int | None = None) -> dict[str, np.ndarray]:
         from sparsefuse.models.frames import random_frame

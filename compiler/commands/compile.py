@@ -21,7 +21,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--target", required=True, help="target tag, e.g. cpu")
     parser.add_argument("--out", required=True, help="artifact directory (created if missing)")
     parser.add_argument("--rig", default=None, help="sensor rig JSON (default: the preset's built-in rig)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the export frame")
+    parser.add_argument("--weights", default=None,
+                        help="safetensors checkpoint of the model's parameters (default: seeded init)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial weights and of the export frame")
     parser.add_argument("--verify-frames", type=int, default=3, help="fresh frames to verify (default 3)")
     parser.set_defaults(func=run)
 
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from sparsefuse.compiler.config import make_config
     from sparsefuse.compiler.pipeline import compile_model
 
-    config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames)
+    config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames,
+                         args.weights)
     with RichProgress() as progress:
         result = compile_model(config, progress)
     progress.summary(result)
@@ -66,9 +70,9 @@ class RichProgress:
 
     def stage_finished(self, record: Any) -> None:
         note = "cached" if record.cached else f"{record.wall_s:.1f} s"
-        if record.name == "verify":
-            note += " [green]pass[/]" if record.details.get("pass") else " [red]FAIL[/]"
-        self.bar.update(self._task(record.name), description=f"{record.name} [dim]({note})[/]", completed=1)
+        summary = _summary(record.name, record.details)
+        self.bar.update(self._task(record.name), completed=1,
+                        description=f"{record.name} [dim]({note})[/] {summary}".rstrip())
 
     def log(self, message: str) -> None:
         """Per-pass lines are recorded in compile.json; the display stays one line per stage."""
@@ -86,3 +90,15 @@ class RichProgress:
         if name not in self.tasks:  # stages added later show up without touching this file
             self.tasks[name] = self.bar.add_task(name, total=1, start=False)
         return self.tasks[name]
+
+
+def _summary(stage: str, details: dict[str, Any]) -> str:
+    """A few words on what a stage produced, from its recorded details."""
+    if stage == "export":
+        nodes = details.get("custom_nodes", {})
+        return f"[dim]{sum(nodes.values())} custom nodes, {details.get('params_mapped', 0)} params mapped[/]"
+    if stage == "lower":
+        return f"[dim]{len(details.get('functions', []))} function bodies[/]"
+    if stage == "verify":
+        return "[green]pass[/]" if details.get("pass") else "[red]FAIL[/]"
+    return ""

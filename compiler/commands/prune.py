@@ -88,16 +88,8 @@ def _load(args: argparse.Namespace, count: int):
     preset = get_preset(args.model)
     model = build_model(args.model, seed=args.seed)
     if args.checkpoint:
-        from safetensors.torch import load_file
+        from sparsefuse.models.train import load_checkpoint
 
-        from sparsefuse.errors import SparsefuseError
-
-        try:
-            model.load_state_dict(load_file(args.checkpoint))
-        except (OSError, RuntimeError) as exc:
-            raise SparsefuseError(
-                f"cannot load checkpoint {args.checkpoint}: {exc}",
-                "give a safetensors file saved from this preset",
-            ) from None
+        load_checkpoint(model, args.checkpoint)  # SparsefuseError with a hint on a bad file
     frames = [random_frame(preset, args.seed * 1000 + i, args.num_points) for i in range(count)]
     return model.eval(), frames

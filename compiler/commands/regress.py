@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="gate latency (bootstrap CI of the median ratio) and accuracy against a baseline",
         description="Compare a candidate with a baseline. Fails (exit 1) when the candidate is slower "
         "by more than --threshold percent with --confidence (lower CI bound of the median ratio), or when "
-        "outputs leave the golden tolerances. Exit 2 on usage errors.",
+        "outputs leave the golden tolerances. Exit 2 on usage errors. Most sensitive: --baseline-onnx "
+        "OLD.onnx --onnx NEW.onnx (both measured now, interleaved); a stored --baseline B.json "
+        "compares across time, where a shared machine's drift leaves a few percent of error.",
     )
     src = p.add_argument_group("candidate and baseline")
     src.add_argument(

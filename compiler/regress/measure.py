@@ -1,9 +1,10 @@
 """Interleaved latency measurement on ONNX Runtime (CPU here), with per-module attribution.
 
 Models under comparison run alternately (A B, B A, A B, ...) in one process, so slow machine
-drift hits both alike. After each model run a fixed reference kernel (a MatMul chain in the
-same runtime and thread setting) is timed; dividing by it cancels drift between a stored
-baseline and today's run. Per-module times come from ORT's own profiler (kernel time per node).
+drift hits both alike. After each model run a fixed reference workload (a small conv chain in
+the same runtime and thread setting, repeated to about 10% of the model's time) is timed;
+dividing by it cancels most drift between a stored baseline and today's run. Per-module times
+come from ORT's own profiler (kernel time per node), rescaled to the clock of the totals.
 
 Clock: with one intra-op thread ORT computes on the calling thread, so the default clock is
 that thread's CPU time (CLOCK_THREAD_CPUTIME_ID). On a shared machine, wall time mostly measures

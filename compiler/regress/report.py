@@ -36,7 +36,7 @@ def _mode_note(mode: str) -> list[str]:
         return []
     # Measured by bench/regress_noise.py on a shared 2-core machine: with a baseline stored
     # minutes earlier the reference kernel left up to ±5% of drift (a 10% slowdown was caught in
-    # 2/10 to 10/10 runs depending on the load); interleaved runs caught it in 10/10.
+    # 0/10 to 10/10 runs depending on the load); interleaved runs caught it in 10/10 every time.
     return [
         "",
         "Note: the baseline was measured at another time; machine drift that the reference "

@@ -8,9 +8,9 @@ its reference run first, so a machine that got slower between (or during) the tw
 measurements cancels out: a ratio of ratios.
 
 Measured on this shared 2-core machine (bench/regress_noise.py, baseline stored minutes before
-the candidate, three benchmark runs): without the reference 1, 4 and 9 of 10 unchanged runs
-raised a false alarm; with it 0 of 10 each time. It leaves a few percent of drift, though:
-interleaved (paired) runs remain the sensitive mode.
+the candidate, four benchmark runs): without the reference 1 to 9 of 10 unchanged runs raised
+a false alarm; with it 0 of 10 each time. It leaves up to about ±5% of drift, though, so across
+time only larger slowdowns are caught reliably: interleaved (paired) runs are the sensitive mode.
 """
 
 from __future__ import annotations

@@ -31,8 +31,13 @@ class Analysis:
     sites: dict[str, str] = field(default_factory=dict)
 
     def lam(self, weights: Mapping[str, float]) -> list[list[float]]:
-        """λ[i][k] = Σ_m w_m · bound_m (zeros when nothing was measured)."""
-        return [[combine_lambda(per, weights) for per in row] for row in self.site_lambda]
+        """λ[i][k] = Σ_m w_m · bound_m (zeros when nothing was measured). ``weights`` are keyed by
+        site name or by modality (the first component of the site's module path, e.g. camera)."""
+        per_site = {
+            site: float(weights.get(site, weights.get(path.split(".", 1)[0], 1.0)))
+            for site, path in self.sites.items()
+        }
+        return [[combine_lambda(per, per_site) for per in row] for row in self.site_lambda]
 
     def distortion(self) -> list[list[float]]:
         if self.sensitivity is None:

@@ -96,3 +96,16 @@ def test_out_is_an_existing_file(tmp_path, capsys):
 def test_bad_numbers(tmp_path, capsys, flag, value):
     code, err = _compile(capsys, flag, value, out=tmp_path / "o")
     _assert_one_line_error(code, err, flag)
+
+
+def test_missing_weights(tmp_path, capsys):
+    code, err = _compile(capsys, "--weights", str(tmp_path / "none.safetensors"), out=tmp_path / "o")
+    _assert_one_line_error(code, err, "weights file not found", "--weights")
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_that_are_not_safetensors(tmp_path, capsys):
+    junk = tmp_path / "model.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    code, err = _compile(capsys, "--weights", str(junk), out=tmp_path / "o")
+    _assert_one_line_error(code, err, "cannot read weights", "safetensors")

@@ -34,3 +34,22 @@ def test_a_user_rig_sets_the_camera_count_of_frames_and_model(tmp_path):
     outputs = side.forward(frame)
     assert {k: v.shape for k, v in outputs.items()} == {
         "seg_logits": (1, 5, 64, 64), "heatmap": (1, 4, 64, 64), "boxes": (1, 8, 64, 64)}
+
+
+def test_weights_file_replaces_the_seeded_init(tmp_path):
+    import torch
+
+    from sparsefuse.compiler.pipeline import input_hashes
+    from sparsefuse.models.presets import build_model
+    from sparsefuse.models.train import save_checkpoint
+
+    trained = build_model("bevfusion-tiny", seed=7)
+    checkpoint = save_checkpoint(trained, tmp_path / "w.safetensors")
+    config = make_config("bevfusion-tiny", "cpu", tmp_path / "out", seed=0, weights=checkpoint)
+    loaded = dict(TorchSide(config).model.named_parameters())
+    for name, param in trained.named_parameters():
+        assert torch.equal(loaded[name], param), name
+    seeded = dict(build_model("bevfusion-tiny", seed=0).named_parameters())
+    assert any(not torch.equal(loaded[n], seeded[n]) for n in seeded)
+    assert len(input_hashes(config)["weights"]) == 64  # its SHA-256 is recorded in compile.json
+    assert config.model_key_dict()["weights"] == checkpoint.resolve().as_posix()

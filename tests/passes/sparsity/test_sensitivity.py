@@ -28,6 +28,13 @@ def test_cached_suffix_equals_full_forward(model, frames):
     assert cam["camera_bev"] > 0 and cam["lidar_bev"] == 0
     lid = cached.site_lambda[names.index("lidar.conv1.weight")][-1]
     assert lid["lidar_bev"] > 0 and lid["camera_bev"] == 0
+    # per-modality weights reach the sites of that modality
+    i = names.index("camera.stem.0.weight")
+    plain, no_cam = cached.lam({})[i][-1], cached.lam({"camera": 0.0})[i][-1]
+    assert no_cam == pytest.approx(plain - cam["camera_bev"]) and no_cam < plain
+    assert cached.lam({"lidar": 3.0})[names.index("lidar.conv1.weight")][-1] == pytest.approx(
+        3.0 * lid["lidar_bev"] + lid["fused_bev"]
+    )
 
     # β = 0 reproduces plain RD-Prune exactly
     weights = dict(model.named_parameters())
