@@ -201,6 +201,18 @@ def frame_targets(frame: Frame, grid: BevGrid) -> dict[str, torch.Tensor]:
     }
 
 
+def synthetic_frames(model: nn.Module, seeds: Iterable[int], cache_dir: str | Path | None = None,
+                     workers: int = 1) -> list[Frame]:
+    """Synthetic frames for ``model``'s rig (e.g. for ``finetune`` or ``evaluate``); cached as .npz
+    in ``cache_dir`` when given. Training used seeds 0..599; 100000.. are held out."""
+    from sparsefuse.models.synthetic.dataset import cached_frames, generate_frames
+
+    seeds = [int(s) for s in seeds]
+    if cache_dir is None:
+        return generate_frames(seeds, model.rig, workers=workers)
+    return cached_frames(seeds, model.rig, cache_dir, workers=workers)
+
+
 def sensor_inputs(frame: Frame, mode: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
     """(images, points) tensors; ``camera_only`` empties the LiDAR, ``lidar_only`` blanks the cameras."""
     if mode not in MODES:
