@@ -6,18 +6,23 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsefuse.errors import SparsefuseError
 
+if TYPE_CHECKING:
+    from sparsefuse.passes.sparsity.config import SparsityConfig
+
 MAX_VERIFY_FRAMES = 64
+SPARSITY_FILE_SUFFIXES = (".json", ".toml")
 
 
 @dataclass(frozen=True)
 class CompileConfig:
     """model: preset name; target: target tag; out: artifact directory; rig: rig JSON (None = the
     preset's built-in rig); seed: initial weights and export frame; verify_frames: fresh frames
-    checked; weights: safetensors checkpoint of the preset's parameters (None = seeded init)."""
+    checked; weights: safetensors checkpoint of the preset's parameters (None = seeded init);
+    sparsity: the sparsity stage's options (None = no sparsity stage)."""
 
     model: str
     target: str
@@ -26,13 +31,14 @@ class CompileConfig:
     seed: int = 0
     verify_frames: int = 3
     weights: Path | None = None
+    sparsity: SparsityConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["out"] = self.out.as_posix()
         data["rig"] = self.rig.as_posix() if self.rig else None
         data["weights"] = self.weights.as_posix() if self.weights else None
-        return data
+        return data  # asdict turned sparsity into a plain dict (or None)
 
     def key_dict(self) -> dict[str, Any]:
         """The fields that change artifacts (``out`` does not)."""
@@ -45,14 +51,22 @@ class CompileConfig:
         data = self.to_dict()
         return {"model": self.model, "rig": data["rig"], "seed": self.seed, "weights": data["weights"]}
 
+    def sparsity_key_dict(self) -> dict[str, Any]:
+        """The fields that change the sparsity stage: the torch model and the sparsity options."""
+        return {**self.model_key_dict(), "sparsity": self.to_dict()["sparsity"]}
+
 
 def make_config(
     model: str, target: str, out: str | os.PathLike[str], rig: str | os.PathLike[str] | None = None,
     seed: int = 0, verify_frames: int = 3, weights: str | os.PathLike[str] | None = None,
+    sparsity: str | None = None,
 ) -> CompileConfig:
-    """Validate every field; a bad one raises SparsefuseError naming it and what is allowed."""
+    """Validate every field; a bad one raises SparsefuseError naming it and what is allowed.
+    ``sparsity``: a spec ``"budget=params=0.5,allocator=rdprune,calib=4"`` or a JSON / TOML file
+    with the same keys."""
     _check_model(model)
-    _check_target(target)
+    target = _check_target(target)
+    sparsity_config = _check_sparsity(sparsity) if sparsity is not None else None
     rig_path = _check_rig(rig) if rig is not None else None
     weights_path = _check_weights(weights) if weights is not None else None
     if not isinstance(seed, int) or seed < 0:
@@ -63,7 +77,8 @@ def make_config(
             "the default is 3 fresh frames",
         )
     out_path = _check_out(Path(out))
-    return CompileConfig(model, target, out_path, rig_path, seed, verify_frames, weights_path)
+    return CompileConfig(model, target, out_path, rig_path, seed, verify_frames, weights_path,
+                         sparsity_config)
 
 
 def _check_model(name: str) -> None:
@@ -75,15 +90,45 @@ def _check_model(name: str) -> None:
         raise SparsefuseError(f"unknown model {name!r}", "see `sparsefuse compile --help`") from exc
 
 
-def _check_target(tag: str) -> None:
+def _check_target(tag: str) -> str:
+    """Any registry tag, or a user target TOML (kept as its absolute path)."""
     from sparsefuse.targets.registry import get_target
 
-    target = get_target(tag)
-    if target.backend != "onnxruntime":
-        raise SparsefuseError(
-            f"target {tag!r} uses backend {target.backend!r}, which compile cannot build yet",
-            "use --target cpu (ONNX Runtime)",
-        )
+    get_target(tag)  # raises SparsefuseError listing the known tags
+    path = Path(tag)
+    return path.resolve().as_posix() if path.suffix == ".toml" and path.is_file() else tag
+
+
+def _check_sparsity(spec: str) -> SparsityConfig:
+    """The sparsity options from a spec string or a JSON / TOML file of the same keys."""
+    from sparsefuse.passes.sparsity.config import config_from_options, parse_spec
+
+    path = Path(spec)
+    if path.suffix not in SPARSITY_FILE_SUFFIXES:
+        return parse_spec(spec)
+    if not path.is_file():
+        raise SparsefuseError(f"sparsity file not found: {path}",
+                              "pass an existing .json / .toml file or a spec like budget=params=0.5,calib=4")
+    options = _read_options(path)
+    budget = str(options.pop("budget", "params=0.5"))
+    return config_from_options(budget, **{k.replace("-", "_"): v for k, v in options.items()})
+
+
+def _read_options(path: Path) -> dict[str, Any]:
+    import json
+
+    import tomllib
+
+    try:
+        text = path.read_text()
+        options = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
+        raise SparsefuseError(f"cannot read sparsity file {path}: {exc}",
+                              "give a JSON object / TOML table of sparsity options (budget, calib, ...)") \
+            from None
+    if not isinstance(options, dict):
+        raise SparsefuseError(f"sparsity file {path} is not a JSON object", 'e.g. {"budget": "params=0.5"}')
+    return options
 
 
 def _check_rig(rig: str | os.PathLike[str]) -> Path:

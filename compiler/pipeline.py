@@ -1,7 +1,12 @@
-"""The compile pipeline: export -> passes -> lower -> build -> verify, top to bottom in
-:func:`compile_model`. Each stage reads the previous stage's artifact from OUT and writes its
-own (DESIGN.md §3); a later stage (sparsity after export, engine recipes, profile, report) is one
-more ``run.run(...)`` line in that function plus a small ``_stage`` function below it.
+"""The compile pipeline: export -> [sparsity] -> passes -> lower -> build -> verify -> profile ->
+report, top to bottom in :func:`compile_model`. Each stage reads the previous stage's artifact
+from OUT and writes its own (DESIGN.md §3); a new stage is one more ``run.run(...)`` line in that
+function plus a small ``_stage`` function below it.
+
+Per backend: ``onnxruntime`` (cpu) builds the ORT-optimized model, verifies it and measures the
+profile; ``tensorrt`` targets get engine artifacts (a real engine where TensorRT and a GPU exist,
+else build_engine.sh / profile_engine.sh), verify the TensorRT-lowered graph in ORT with the
+function bodies attached, and an estimated profile from the cost model.
 """
 
 from __future__ import annotations
@@ -29,9 +34,17 @@ from sparsefuse.compiler.stages import (
 
 SCHEMA_VERSION = 1
 EXPORT_ONNX = "export/model.onnx"
+SPARSITY_DIR = "sparsity"
+SPARSITY_ONNX = "sparsity/model.onnx"
+PLAN_JSON = "sparsity/plan.json"
 PASSES_ONNX = "passes/model.onnx"
 VERIFY_FILES = ("verify.json", "verify/inputs.json", "verify/golden.json")
-REFERENCE_THREADS = 1  # torch intra-op threads of the PyTorch reference in verify
+RUNNABLE_ONNX = "verify/lowered_with_functions.onnx"  # what ORT runs for a tensorrt target
+PROFILE_FILES = ("profile.json", "profile.png")
+REPORT_MD = "report.md"
+REFERENCE_THREADS = 1  # torch intra-op threads of the PyTorch reference in verify and sparsity
+PROFILE_FRAMES = 3  # frames timed by the profile stage (and sizing TensorRT's optimization profile)
+PROFILE_RUNS = 10  # timed runs of a measured profile (after 2 warmup runs)
 
 
 @dataclass(frozen=True)
@@ -54,20 +67,34 @@ def compile_model(config: CompileConfig, progress: Progress | None = None) -> Co
     run = StageRunner(out, tool_versions(), progress)
     torch_side = TorchSide(config)
     inputs = input_hashes(config)
-    lowered = f"lowered/{lowered_filename(target.tag)}"
-    engine = f"engine/{target.tag.replace('/', '_')}"
+    slug = target.tag.replace("/", "_")
+    lowered, engine = f"lowered/{lowered_filename(target.tag)}", f"engine/{slug}"
     target_cfg = {"target": target.tag, "backend": target.backend}
+    frames_cfg = {**config.model_key_dict(), "profile_frames": PROFILE_FRAMES}
+    verify_files = [*VERIFY_FILES, *([RUNNABLE_ONNX] if target.backend == "tensorrt" else [])]
 
     export = run.run("export", inputs, config.model_key_dict(), [EXPORT_ONNX],
                      lambda: _export(torch_side, out, progress))
-    passes = run.run("passes", export.outputs, {}, [PASSES_ONNX],
-                     lambda: _passes(out, EXPORT_ONNX, PASSES_ONNX, progress))
+    graph, graph_stage = EXPORT_ONNX, export
+    if config.sparsity is not None:
+        graph_stage = run.run("sparsity", {**inputs, **export.outputs}, config.sparsity_key_dict(),
+                              [SPARSITY_DIR], lambda: _sparsity(torch_side, out, config))
+        graph = SPARSITY_ONNX
+        torch_side.plan = out / PLAN_JSON  # verify against the PRUNED model from here on
+    passes = run.run("passes", graph_stage.outputs, {}, [PASSES_ONNX],
+                     lambda: _passes(out, graph, PASSES_ONNX, progress))
     lower = run.run("lower", passes.outputs, target_cfg, [lowered],
                     lambda: _lower(out, PASSES_ONNX, lowered, target.backend, progress))
-    build = run.run("build", lower.outputs, target_cfg, [engine],
-                    lambda: _build(out, lowered, engine, target))
-    verify = run.run("verify", {**lower.outputs, **build.outputs}, config.key_dict(), list(VERIFY_FILES),
-                     lambda: _verify(torch_side, out, lowered, engine, config.verify_frames))
+    build = run.run("build", lower.outputs, {**target_cfg, **frames_cfg}, [engine],
+                    lambda: _build(torch_side, out, lowered, engine, target))
+    verify = run.run("verify", {**lower.outputs, **build.outputs}, config.key_dict(), verify_files,
+                     lambda: _verify(torch_side, out, lowered, engine, target, config.verify_frames))
+    profile = run.run("profile", {**lower.outputs, **build.outputs}, {**target_cfg, **frames_cfg,
+                                                                       "runs": PROFILE_RUNS},
+                      list(PROFILE_FILES), lambda: _profile(torch_side, out, lowered, target, build.details))
+    report_inputs = {**verify.outputs, **profile.outputs, **graph_stage.outputs}
+    run.run("report", report_inputs, {"config": config.to_dict(), "stages": _stage_lines(run.records)},
+            [REPORT_MD], lambda: _report(out, config, run.records))
 
     result = CompileResult(out, tuple(run.records), bool(verify.details["pass"]), time.perf_counter() - start)
     write_json(out / "compile.json", compile_record(config, inputs, result))
@@ -107,6 +134,7 @@ class TorchSide:
 
     def __init__(self, config: CompileConfig) -> None:
         self.config = config
+        self.plan: Path | None = None  # a sparsity plan.json: the reference is then the pruned model
 
     @functools.cached_property
     def preset(self) -> Any:
@@ -129,8 +157,26 @@ class TorchSide:
 
         return load_rig(self.config.rig)
 
-    @functools.cached_property
+    @property
     def model(self) -> Any:
+        """The reference model: the pruned one once ``plan`` is set, else the dense one."""
+        return self.dense_model if self.plan is None else self.pruned_model
+
+    @functools.cached_property
+    def pruned_model(self) -> Any:
+        """The dense model with ``plan`` applied (permutations, masks), the way the sparsity stage
+        prunes it, so a cached sparsity stage gives the same reference."""
+        import copy
+
+        from sparsefuse.passes.sparsity.apply_torch import apply_plan_torch
+        from sparsefuse.passes.sparsity.plan import read_plan
+
+        pruned = copy.deepcopy(self.dense_model).eval()
+        apply_plan_torch(pruned, read_plan(self.plan))
+        return pruned
+
+    @functools.cached_property
+    def dense_model(self) -> Any:
         from sparsefuse.models.presets import build_model
 
         model = build_model(self.config.model, rig=self.rig, seed=self.config.seed)
@@ -166,6 +212,17 @@ class TorchSide:
     def export_frame(self) -> dict[str, np.ndarray]:
         return self.frame(self.config.seed)
 
+    def calibration_frames(self, count: int) -> list[dict[str, Any]]:
+        """``count`` torch frames for the sparsity stage, seeds apart from export and verify."""
+        import torch
+
+        return [{k: torch.from_numpy(v) for k, v in self.frame(self.config.seed + 1000 + i).items()}
+                for i in range(count)]
+
+    def profile_frames(self) -> list[dict[str, np.ndarray]]:
+        """The profile stage's frames (also sizing TensorRT's optimization profile)."""
+        return [frame for _, frame in self.verify_frames(PROFILE_FRAMES)]
+
     def verify_frames(self, count: int) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
         """``count`` fresh frames: seeds never used at export and point counts that differ from
         the export frame's (so the dynamic ``num_points`` axis is exercised)."""
@@ -198,10 +255,33 @@ def _export(torch_side: TorchSide, out: Path, progress: Progress) -> dict[str, A
 
     frame = {k: torch.from_numpy(v) for k, v in torch_side.export_frame().items()}
     ctx = PassContext(log=progress.log)
-    model, record = run_producer("export", lambda: export_model(torch_side.model, frame), ctx)
+    model, record = run_producer("export", lambda: export_model(torch_side.dense_model, frame), ctx)
     write_bytes(out / EXPORT_ONNX, model.SerializeToString())
     return {"passes": [record.to_dict()], "num_points": int(frame["points"].shape[0]),
             "params_mapped": len(read_param_map(model)), "custom_nodes": _custom_op_counts(model)}
+
+
+def _sparsity(torch_side: TorchSide, out: Path, config: CompileConfig) -> dict[str, Any]:
+    """OUT/sparsity/: plan.json, curves.npz, plots and the pruned ONNX (model.onnx)."""
+    import torch
+
+    from sparsefuse.passes.sparsity.stage import run_sparsity_stage
+
+    spec = config.sparsity
+    frames = torch_side.calibration_frames(1 if spec.synthetic else spec.calib)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(REFERENCE_THREADS)  # many small forwards: see TorchSide.forward
+    try:
+        with atomic_dir(out / SPARSITY_DIR) as tmp:
+            _, pruned_onnx, plan = run_sparsity_stage(torch_side.dense_model, onnx.load(out / EXPORT_ONNX),
+                                                      spec, tmp, frames)
+            write_bytes(tmp / Path(SPARSITY_ONNX).name, pruned_onnx.SerializeToString())
+    finally:
+        torch.set_num_threads(previous)
+    return {"allocator": plan.allocator, "pattern": plan.pattern, "budget_kind": plan.budget_kind,
+            "budget": plan.budget_fraction, "achieved_fraction": plan.achieved_fraction,
+            "achieved_sparsity": plan.achieved_sparsity, "layers": len(plan.layers),
+            "forward_counts": dict(plan.forward_counts)}
 
 
 def _passes(out: Path, src: str, dst: str, progress: Progress) -> dict[str, Any]:
@@ -224,29 +304,84 @@ def _lower(out: Path, src: str, lowered: str, backend: str, progress: Progress) 
     return {"passes": [r.to_dict() for r in records], "functions": [f.name for f in model.functions]}
 
 
-def _build(out: Path, lowered: str, engine: str, target: Any) -> dict[str, Any]:
-    from sparsefuse.targets.backends import onnxruntime as ort_backend
+def _build(torch_side: TorchSide, out: Path, lowered: str, engine: str, target: Any) -> dict[str, Any]:
+    """cpu: the ORT-optimized model. TensorRT: the engine artifacts (recipes where TensorRT is
+    absent), the optimization profile's point counts and the symbolic sizes from the profile frames."""
+    if target.backend == "onnxruntime":
+        from sparsefuse.targets.backends import onnxruntime as ort_backend
+
+        with atomic_dir(out / engine) as tmp:
+            built = ort_backend.build(out / lowered, target, None, tmp)
+        return {"backend": target.backend, "built": _describe(built)}
+    from sparsefuse.targets.engine import emit_engine_artifacts
 
     with atomic_dir(out / engine) as tmp:
-        built = ort_backend.build(out / lowered, target, None, tmp)
-    return {"backend": target.backend, "built": _describe(built)}
+        artifacts = emit_engine_artifacts(out / lowered, target, None, tmp, feeds_list=torch_side.profile_frames())
+    return {"backend": target.backend, "built": artifacts.to_dict(), "dynamic_dims": dict(artifacts.dynamic_dims)}
 
 
-def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, count: int) -> dict[str, Any]:
+def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, target: Any,
+            count: int) -> dict[str, Any]:
     from sparsefuse.compiler.verify import verify
 
+    checked, model = _what_verify_runs(out, lowered, engine, target)
     pairs = torch_side.verify_frames(count)
     report = verify(
-        functools.partial(engine_session, out / engine, out / lowered),
+        functools.partial(engine_session, out / engine, out / model),
         torch_side.forward,
         [frame for _, frame in pairs],
         [info for info, _ in pairs],
         out,
-        lowered,
+        model,
     )
-    write_json(out / "verify.json", report.to_dict())
+    reference = ("the PRUNED PyTorch model (sparsity/plan.json applied)" if torch_side.plan
+                 else "the PyTorch model")
+    write_json(out / "verify.json",
+               {**report.to_dict(), "checked": checked, "onnx": model, "reference": reference})
     return {"pass": report.passed, "polygraphy_pass": report.polygraphy_passed,
-            "polygraphy_command": report.polygraphy_command}
+            "polygraphy_command": report.polygraphy_command, "checked": checked}
+
+
+def _what_verify_runs(out: Path, lowered: str, engine: str, target: Any) -> tuple[str, str]:
+    """(a plain statement of what verify checks, the ONNX relpath ORT runs)."""
+    from sparsefuse.passes.lower import runnable
+
+    if target.backend == "onnxruntime":
+        return ("the ONNX Runtime model that ships (engine/<target>/model.ort.onnx, else the lowered "
+                "ONNX) against PyTorch", lowered)
+    write_bytes(out / RUNNABLE_ONNX, runnable(onnx.load(out / lowered)).SerializeToString())
+    engine_built = (out / engine / "model.plan").is_file()
+    what = (f"the TensorRT-lowered graph ({lowered}) run in ONNX Runtime with the custom ops' function "
+            f"bodies attached ({RUNNABLE_ONNX}) against PyTorch: this checks the graph, "
+            "NOT a TensorRT engine")
+    if engine_built:
+        return what + f"; the engine built in {engine}/ is not compared here", RUNNABLE_ONNX
+    return what + " (none was built on this machine: run the recipes in " + engine + "/ on the target)", \
+        RUNNABLE_ONNX
+
+
+def _profile(torch_side: TorchSide, out: Path, lowered: str, target: Any,
+             build: dict[str, Any]) -> dict[str, Any]:
+    """profile.json + .png: measured in ORT for cpu, estimated by the cost model for TensorRT."""
+    from sparsefuse.targets.engine import profile_for_target
+
+    frames = torch_side.profile_frames()
+    profile = profile_for_target(out / lowered, target, frames, out / "profile.json",
+                                 runs=PROFILE_RUNS, warmup=2, dims=build.get("dynamic_dims"))
+    doc = profile.to_json()
+    return {"label": doc["label"], "latency_ms": doc["latency_ms"], "per_module_ms": doc["per_module_ms"]}
+
+
+def _report(out: Path, config: CompileConfig, records: list[StageRecord]) -> dict[str, Any]:
+    from sparsefuse.compiler.report import write_report
+
+    write_report(out, config, records)
+    return {}
+
+
+def _stage_lines(records: list[StageRecord]) -> list[list[Any]]:
+    """(name, cached, wall_s) of the stages so far: the report shows this compile's timings."""
+    return [[r.name, r.cached, round(r.wall_s, 3)] for r in records]
 
 
 def engine_session(engine_dir: Path, lowered: Path) -> Any:

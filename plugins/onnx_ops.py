@@ -131,6 +131,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
             hint=f"known op types: {sorted(OPS)}",
         )
     out = strip_functions(model)
+    sparse_conv3d_function.list_num_out(_nodes(out.graph))  # ORT: nodes list every function output
     if used:
         _set_opset(out, DOMAIN, OPSET_VERSION)
     opset = _default_opset(out)

@@ -6,19 +6,23 @@ import argparse
 import time
 from typing import Any
 
-STAGE_NAMES = ("export", "passes", "lower", "build", "verify")
+STAGE_NAMES = ("export", "sparsity", "passes", "lower", "build", "verify", "profile", "report")
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "compile",
-        help="export, lower, build and verify a model for one target",
-        description="Export the model to ONNX (custom ops as single nodes), clean it up, lower it "
-                    "for the target, build the engine and verify it against PyTorch on fresh frames. "
+        help="export, [prune,] lower, build, verify and profile a model for one target",
+        description="Export the model to ONNX (custom ops as single nodes), optionally prune it "
+                    "(--sparsity), clean it up, lower it for the target, build the engine (or the "
+                    "TensorRT recipes), verify it against PyTorch on fresh frames, profile it "
+                    "(measured on cpu, estimated for TensorRT targets) and write report.md. "
                     "Exit codes: 0 verified, 1 verify failed, 2 usage error.",
     )
     parser.add_argument("--model", required=True, help="model preset, e.g. bevfusion-tiny or bevfusion-base")
-    parser.add_argument("--target", required=True, help="target tag, e.g. cpu")
+    parser.add_argument("--target", required=True,
+                        help="target tag (see `sparsefuse targets`), e.g. cpu or jetson/agx-orin-64gb, "
+                             "or a target TOML file")
     parser.add_argument("--out", required=True, help="artifact directory (created if missing)")
     parser.add_argument("--rig", default=None, help="sensor rig JSON (default: the preset's built-in rig)")
     parser.add_argument("--weights", default=None,
@@ -26,6 +30,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the initial weights and of the export frame")
     parser.add_argument("--verify-frames", type=int, default=3, help="fresh frames to verify (default 3)")
+    parser.add_argument("--sparsity", default=None, metavar="SPEC",
+                        help="add a sparsity stage: e.g. budget=params=0.5,allocator=rdprune,"
+                             "pattern=unstructured,calib=4 (or a JSON / TOML file with these keys)")
     parser.set_defaults(func=run)
 
 
@@ -34,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from sparsefuse.compiler.pipeline import compile_model
 
     config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames,
-                         args.weights)
-    with RichProgress() as progress:
+                         args.weights, args.sparsity)
+    names = [n for n in STAGE_NAMES if n != "sparsity" or config.sparsity is not None]
+    with RichProgress(names) as progress:
         result = compile_model(config, progress)
     progress.summary(result)
     return 0 if result.verify_passed else 1
@@ -44,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 class RichProgress:
     """One line per stage with a spinner while it runs, its time, and 'cached' when skipped."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage_names: list[str] | tuple[str, ...] = STAGE_NAMES) -> None:
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -52,7 +60,7 @@ class RichProgress:
         self.bar = Progress(SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"),
                             TimeElapsedColumn(), console=self.console, transient=False)
         self.tasks = {name: self.bar.add_task(f"[dim]{name}[/]", total=1, start=False)
-                      for name in STAGE_NAMES}
+                      for name in stage_names}
         self._started: dict[str, float] = {}
 
     def __enter__(self) -> RichProgress:
@@ -79,7 +87,8 @@ class RichProgress:
 
     def summary(self, result: Any) -> None:
         verdict = "[green]verified[/]" if result.verify_passed else "[red]verify FAILED[/] (see verify.json)"
-        self.console.print(f"{verdict}: artifacts in {result.out} ({result.wall_s:.1f} s)")
+        self.console.print(f"{verdict}: artifacts in {result.out} ({result.wall_s:.1f} s); "
+                           f"summary in {result.out / 'report.md'}")
         if not result.verify_passed:
             verify = [r for r in result.stages if r.name == "verify"]
             command = verify[0].details.get("polygraphy_command") if verify else None
@@ -101,4 +110,10 @@ def _summary(stage: str, details: dict[str, Any]) -> str:
         return f"[dim]{len(details.get('functions', []))} function bodies[/]"
     if stage == "verify":
         return "[green]pass[/]" if details.get("pass") else "[red]FAIL[/]"
+    if stage == "sparsity":
+        return f"[dim]parameter sparsity {details.get('achieved_sparsity', 0):.3f}[/]"
+    if stage == "profile":
+        latency = details.get("latency_ms", {})
+        value = latency.get("median", latency.get("total"))
+        return f"[dim]{details.get('label')} {value:.1f} ms[/]" if isinstance(value, int | float) else ""
     return ""

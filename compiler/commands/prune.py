@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nm-policy", default="valid", help="valid (C%%4==0) | tensorrt (best-practice sizes)")
     p.add_argument("--permute", action="store_true", help="2:4 channel-permutation search")
     p.add_argument("--num-points", type=int, default=None, help="LiDAR points per calibration frame")
+    p.add_argument(
+        "--calib-seeds",
+        default=None,
+        help="synthetic-benchmark scene seeds A:B for calibration (default: models/frames.py random frames)",
+    )
+    p.add_argument("--data-cache", default="runs/data", help="frame cache of sparsefuse data/train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on shared CPUs)")
     p.add_argument("--out", required=True, help="output directory (writes OUT/sparsity/)")
@@ -91,5 +97,23 @@ def _load(args: argparse.Namespace, count: int):
         from sparsefuse.models.train import load_checkpoint
 
         load_checkpoint(model, args.checkpoint)  # SparsefuseError with a hint on a bad file
+    if args.calib_seeds:
+        return model.eval(), _benchmark_frames(args.model, args.calib_seeds, count, args.data_cache)
     frames = [random_frame(preset, args.seed * 1000 + i, args.num_points) for i in range(count)]
     return model.eval(), frames
+
+
+def _benchmark_frames(model: str, seeds_text: str, count: int, cache_dir: str) -> list:
+    """The first ``count`` frames of a synthetic-benchmark seed split, sliced from the split's cache
+    when sparsefuse data/train already rendered it, else rendered and cached for those seeds."""
+    from pathlib import Path
+
+    from sparsefuse.compiler.commands.data import parse_seeds, preset_rig_for
+    from sparsefuse.models.synthetic.dataset import cache_key, cached_frames, load_frames
+    from sparsefuse.models.synthetic.generate import SyntheticConfig
+
+    seeds, rig = parse_seeds(seeds_text), preset_rig_for(model)
+    whole = Path(cache_dir) / f"frames-{cache_key(seeds, rig, SyntheticConfig())}.npz"
+    if whole.is_file():
+        return load_frames(whole)[:count]
+    return cached_frames(seeds[:count], rig, cache_dir)

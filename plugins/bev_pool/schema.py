@@ -32,7 +32,10 @@ SPEC = OpSpec(
         ("interval_lengths", INT32),
     ],
     outputs=[("bev", "T")],
-    attributes=[AttrSpec("bev_shape", "INTS", "(B, Y, X)")],
+    attributes=[
+        AttrSpec("bev_shape", "INTS", "(B, Y, X)"),
+        AttrSpec("plugin_namespace", "STRING", "TensorRT plugin namespace (the tensorrt lowering)", ""),
+    ],
     infer=_output_types,
 )
 

@@ -27,6 +27,7 @@ SPEC = OpSpec(
     attributes=[
         AttrSpec("spatial_shape", "INTS", "grid (Z, Y, X)"),
         AttrSpec("batch_size", "INT", "B", 1),
+        AttrSpec("plugin_namespace", "STRING", "TensorRT plugin namespace (the tensorrt lowering)", ""),
     ],
     infer=_output_types,
 )

@@ -9,13 +9,18 @@ Kt = kz*ky*kx kernel offsets at once:
    (s, p) for a regular conv and (1, (K//2)*d) for a submanifold one; each is looked up in a
    dense B*Z*Y*X table of input row indices built with ScatterND (collision-free);
 3. gather [M, Kt, Cin] with a zero row for misses, then one Gemm with weight [Cout, Kt*Cin]
-   (and the optional bias as Gemm's C), then the activation.
+   (and the optional bias as Gemm's C), then the activation;
+4. the optional third output num_out [] int32 = M, which the TensorRT lowering requests on
+   strided nodes (the plugin's size tensor).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import onnx
 from onnx import TensorProto
+from sparsefuse.plugins.common import DOMAIN
 from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
 from sparsefuse.plugins.sparse_conv3d.schema import SPEC
 
@@ -152,4 +157,16 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     names = fb.op("Concat", fb.unsqueeze(fb.attr("activation"), [0]), fb.const_string("relu"), axis=0)
     is_relu = fb.op("Equal", fb.op("Size", fb.op("Unique", names)), one)
     out = fb.op("Where", is_relu, fb.op("Relu", out), out)
-    return fb.build([out, fb.op("Cast", out_coords, to=TensorProto.INT32)], opset)
+    num_out = fb.op("Cast", fb.squeeze(n_out, [0]), to=TensorProto.INT32)  # [] = M (TensorRT's size tensor)
+    return fb.build([out, fb.op("Cast", out_coords, to=TensorProto.INT32), num_out], opset)
+
+
+def list_num_out(nodes: Iterable[onnx.NodeProto]) -> None:
+    """In place: every SparseConv3d node lists the body's optional third output (num_out).
+
+    ONNX Runtime requires a node to list every output of the function it calls, while the torch op
+    (hence a freshly built node) and TensorRT's subm=1 plugin have two.
+    """
+    for node in nodes:
+        if node.domain == DOMAIN and node.op_type == SPEC.op_type and len(node.output) == 2:
+            node.output.append(f"{node.output[0] or node.name}__num_out")

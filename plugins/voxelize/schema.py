@@ -31,6 +31,7 @@ SPEC = OpSpec(
         AttrSpec("point_range", "FLOATS", "[xmin, ymin, zmin, xmax, ymax, zmax] in metres"),
         AttrSpec("voxel_size", "FLOATS", "[vx, vy, vz] in metres"),
         AttrSpec("max_voxels", "INT", "keep the first max_voxels voxels in linear-key order"),
+        AttrSpec("plugin_namespace", "STRING", "TensorRT plugin namespace (the tensorrt lowering)", ""),
     ],
     infer=_output_types,
 )

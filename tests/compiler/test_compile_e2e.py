@@ -1,5 +1,5 @@
 """`sparsefuse compile` end to end on bevfusion-tiny / cpu: artifacts, provenance, verify,
-polygraphy reproduction, stage caching, Ctrl-C and verify failure.
+polygraphy reproduction, measured profile, report, stage caching, Ctrl-C and verify failure.
 
 One module-scoped compile is shared; tests that change things work on a copy of it."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,9 +23,11 @@ from sparsefuse.compiler import pipeline
 from sparsefuse.compiler.cli import main
 from sparsefuse.plugins.common import DOMAIN
 
-STAGES = ["export", "passes", "lower", "build", "verify"]
+STAGES = ["export", "passes", "lower", "build", "verify", "profile"]  # cached on an unchanged recompile
+ALL_STAGES = [*STAGES, "report"]  # the report shows this compile's timings: it is always rewritten
 ARTIFACTS = ["compile.json", "export/model.onnx", "passes/model.onnx", "lowered/cpu.onnx",
-             "engine/cpu/model.ort.onnx", "verify.json", "verify/inputs.json", "verify/golden.json"]
+             "engine/cpu/model.ort.onnx", "verify.json", "verify/inputs.json", "verify/golden.json",
+             "profile.json", "profile.png", "report.md"]
 
 
 def _compile(out: Path, *extra: str) -> int:
@@ -68,14 +71,14 @@ def test_compile_json_provenance(compiled):
     assert record["schema_version"] == 1
     assert record["config"]["model"] == "bevfusion-tiny" and record["config"]["target"] == "cpu"
     assert {"torch", "onnx", "onnxruntime", "python", "sparsefuse"} <= set(record["versions"])
-    assert record["stage_order"] == STAGES and set(record["stages"]) == set(STAGES)
-    assert all(record["timings_s"][s] >= 0 for s in STAGES)
+    assert record["stage_order"] == ALL_STAGES and set(record["stages"]) == set(ALL_STAGES)
+    assert all(record["timings_s"][s] >= 0 for s in ALL_STAGES)
     assert record["verify_pass"] is True
     outputs = record["outputs"]
     assert set(ARTIFACTS) - {"compile.json"} <= set(outputs)
     for rel, digest in outputs.items():
         assert sha256_file(compiled / rel) == digest, rel
-    assert len({record["stages"][s]["key"] for s in STAGES}) == len(STAGES)
+    assert len({record["stages"][s]["key"] for s in ALL_STAGES}) == len(ALL_STAGES)
 
 
 def test_verify_json(compiled):
@@ -94,6 +97,41 @@ def test_verify_json(compiled):
             assert check["max_rel"] >= 0
     assert report["polygraphy"]["pass"] is True
     assert report["polygraphy"]["command"].startswith("polygraphy run lowered/cpu.onnx --onnxrt")
+
+
+def test_verify_json_says_what_it_checked(compiled):
+    report = _json(compiled / "verify.json")
+    assert report["onnx"] == "lowered/cpu.onnx" and "model.ort.onnx" in report["checked"]
+    assert report["reference"] == "the PyTorch model"
+
+
+def test_cpu_profile_is_measured_with_per_module_times(compiled):
+    profile = _json(compiled / "profile.json")
+    assert profile["label"] == "measured" and profile["target"] == "cpu" and "cost_model" not in profile
+    latency = profile["latency_ms"]
+    assert latency["runs"] == pipeline.PROFILE_RUNS == len(profile["samples_ms"])
+    assert 0 < latency["min"] <= latency["median"] <= latency["p90"] <= latency["max"]
+    modules = profile["per_module_ms"]
+    assert {"camera_backbone", "lidar_backbone", "voxelize", "bev_pool", "heads"} <= set(modules)
+    assert all(ms > 0 for ms in modules.values())
+    verify_points = {f["num_points"] for f in _json(compiled / "verify.json")["frames"]}
+    assert set(profile["lidar_points_per_frame"]) <= verify_points  # the profile frames are verify's first
+    assert (compiled / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_summarizes_the_compile(compiled):
+    text = (compiled / "report.md").read_text()
+    record = _json(compiled / "compile.json")
+    profile = _json(compiled / "profile.json")
+    assert text.startswith("# sparsefuse compile report")
+    assert "| target | cpu |" in text and "## Verify: PASS" in text
+    for stage in STAGES:
+        shown = re.search(rf"^\| {stage} \| ([0-9.]+) \|", text, re.M)
+        assert shown and abs(float(shown.group(1)) - record["timings_s"][stage]) <= 0.006
+    assert "## Latency (measured)" in text and f"median {profile['latency_ms']['median']:.3f} ms" in text
+    for module, ms in profile["per_module_ms"].items():
+        assert f"| {module} | {ms:.3f} |" in text
+    assert "![profile](profile.png)" in text and "## Sparsity" not in text and "## Engine" not in text
 
 
 def test_polygraphy_command_reproduces_the_comparison(compiled):
@@ -126,7 +164,8 @@ def test_recompile_skips_unchanged_stages(compiled, tmp_path):
 
 def test_ctrl_c_in_a_stage_leaves_only_complete_earlier_artifacts(compiled, tmp_path, monkeypatch, capsys):
     out = _copy(compiled, tmp_path)
-    for rel in ["engine", "verify", "verify.json", "compile.json", ".cache/build.json", ".cache/verify.json"]:
+    for rel in ["engine", "verify", "verify.json", "compile.json", "profile.json", "profile.png", "report.md",
+                ".cache/build.json", ".cache/verify.json", ".cache/profile.json", ".cache/report.json"]:
         path = out / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     from sparsefuse.targets.backends import onnxruntime as ort_backend

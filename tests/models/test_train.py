@@ -226,3 +226,13 @@ def test_evaluate_reports_perfect_scores_for_an_oracle(rig, frames):
     assert result["mIoU"] == pytest.approx(1.0)
     assert result["mAP"] == pytest.approx(1.0)
     assert result["frames"] == 2
+
+
+def test_synthetic_frames_for_a_model_match_the_generator(rig, frames, tmp_path):
+    from sparsefuse.models.train import synthetic_frames
+
+    got = synthetic_frames(ToyModel(rig), [900], cache_dir=tmp_path)
+    again = synthetic_frames(ToyModel(rig), [900], cache_dir=tmp_path)  # from the cache this time
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    for key in frames[0]:
+        assert got[0][key].tobytes() == frames[0][key].tobytes() == again[0][key].tobytes(), key

@@ -188,7 +188,9 @@ def run_function(case: dict, features, coords, weight, bias) -> list[np.ndarray]
     attrs = dict(case["attrs"], activation=case["activation"])
     model = onnx_ops.single_node_model("SparseConv3d", feeds, attrs)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    out, out_coords, num_out = session.run(None, feeds)
+    assert num_out.dtype == np.int32 and num_out.shape == () and num_out == out.shape[0]
+    return [out, out_coords]
 
 
 def check_function_against_reference(case: dict) -> None:
@@ -273,7 +275,7 @@ def test_function_uses_schema_defaults():
         "SparseConv3d", feeds, {"spatial_shape": [4, 4, 4], "kernel_size": [3, 3, 3]}
     )
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    out, out_coords = session.run(None, feeds)
+    out, out_coords, _ = session.run(None, feeds)
     ref, ref_coords = sparse_conv3d(
         features, coords, weight, None, [4, 4, 4], [3, 3, 3], [1, 1, 1], [0, 0, 0], [1, 1, 1], False, "none"
     )

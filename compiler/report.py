@@ -1,0 +1,140 @@
+"""OUT/report.md: the human summary of one compile, written from the artifacts in OUT.
+
+Sections: config, stage timings, verify table, latency (labelled measured / estimated), per-module
+table, links to the PNGs, the sparsity summary (when a sparsity stage ran) and the engine recipes
+(TensorRT targets).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sparsefuse.atomic import write_text
+
+
+def write_report(out: Path, config: Any, records: Sequence[Any]) -> Path:
+    """Write OUT/report.md from ``config`` (CompileConfig), the stage records so far and the
+    artifacts (verify.json, profile.json, sparsity/plan.json, engine/<target>/)."""
+    verify = _load(out / "verify.json")
+    profile = _load(out / "profile.json")
+    plan = _load(out / "sparsity" / "plan.json") if config.sparsity is not None else None
+    sections = [
+        _config_section(config),
+        _stages_section(records),
+        _verify_section(verify),
+        _latency_section(profile),
+        _modules_section(profile),
+        _sparsity_section(plan, out) if plan is not None else "",
+        _engine_section(out, records),
+    ]
+    return write_text(out / "report.md", "\n".join(s for s in sections if s))
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
+
+
+def _config_section(config: Any) -> str:
+    rows = [("model", config.model), ("target", config.target), ("seed", config.seed),
+            ("rig", config.rig or "preset built-in"),
+            ("weights", config.weights or f"seeded init (seed {config.seed})"),
+            ("verify frames", config.verify_frames)]
+    if config.sparsity is not None:
+        s = config.sparsity
+        rows.append(("sparsity", f"budget {s.budget_kind}={s.budget:g}, allocator {s.allocator}, "
+                                 f"pattern {s.pattern}, calib {s.calib}, levels {s.levels}"))
+    return "# sparsefuse compile report\n\n" + _table(("setting", "value"), rows)
+
+
+def _stages_section(records: Sequence[Any]) -> str:
+    rows = [(r.name, f"{r.wall_s:.2f}", "cached" if r.cached else "ran") for r in records]
+    total = sum(r.wall_s for r in records)
+    return "## Stages\n\n" + _table(("stage", "wall [s]", ""), rows) + f"\nTotal {total:.1f} s.\n"
+
+
+def _verify_section(verify: dict[str, Any] | None) -> str:
+    if verify is None:
+        return "## Verify\n\nverify.json is missing.\n"
+    verdict = "PASS" if verify.get("pass") else "FAIL"
+    head = (f"## Verify: {verdict}\n\nChecked: {verify.get('checked', 'the lowered model')}.\n"
+            f"Reference: {verify.get('reference', 'the PyTorch model')}. "
+            f"Rule: float32 {verify.get('rule', {}).get('float32', '')}; integers exact.\n\n")
+    rows = []
+    for frame in verify.get("frames", []):
+        for name, check in frame.get("outputs", {}).items():
+            rows.append((frame.get("seed"), frame.get("num_points"), name, f"{check['max_abs']:.3g}",
+                         f"{check['tolerance']:.3g}", "pass" if check["pass"] else "FAIL"))
+    command = verify.get("polygraphy", {}).get("command")
+    tail = f"\nReproduce from OUT: `{command}`\n" if command else ""
+    return head + _table(("seed", "points", "output", "max abs err", "tolerance", ""), rows) + tail
+
+
+def _latency_section(profile: dict[str, Any] | None) -> str:
+    if profile is None:
+        return "## Latency\n\nprofile.json is missing.\n"
+    label = profile.get("label", "?")
+    latency = profile.get("latency_ms", {})
+    if label == "measured":
+        stats = ", ".join(f"{k} {_ms(latency.get(k))} ms" for k in ("median", "p90", "p99"))
+        body = (f"**{label}** on {profile.get('device') or 'this machine'} ({profile.get('backend')}): "
+                f"{stats} over {latency.get('runs')} runs; LiDAR points per frame "
+                f"{sorted(set(profile.get('lidar_points_per_frame', [])))}.\n")
+    else:
+        model = profile.get("cost_model", {})
+        body = (f"**{label}** by the cost model {model.get('name')} {model.get('version')} for "
+                f"{profile.get('target')}: total {_ms(latency.get('total'))} ms. Not a measurement: run "
+                "the engine recipes on the target for measured numbers.\n")
+    return f"## Latency ({label})\n\n{body}\n![profile](profile.png)\n"
+
+
+def _modules_section(profile: dict[str, Any] | None) -> str:
+    modules = (profile or {}).get("per_module_ms") or {}
+    if not modules:
+        return ""
+    label = profile.get("label", "?")
+    rows = [(name, _ms(ms)) for name, ms in modules.items()]
+    return f"## Per module ({label})\n\n" + _table(("module", "ms per inference"), rows)
+
+
+def _sparsity_section(plan: dict[str, Any], out: Path) -> str:
+    head = (f"## Sparsity\n\nAllocator {plan.get('allocator')}, pattern {plan.get('pattern')}, budget "
+            f"{plan.get('budget_kind')} {plan.get('budget_fraction')}: achieved {plan.get('budget_kind')} "
+            f"fraction {plan.get('achieved_fraction', 0):.4f}, parameter sparsity "
+            f"{plan.get('achieved_sparsity', 0):.4f} over {len(plan.get('layers', []))} prunable layers. "
+            "Verify compares against the pruned PyTorch model. "
+            "Plan: [sparsity/plan.json](sparsity/plan.json).\n\n")
+    rows = [(layer["name"], layer["modality"], layer["pattern"], f"{layer['level']:.2f}",
+             f"{layer['params_kept']}/{layer['params']}") for layer in plan.get("layers", [])]
+    plots = sorted(p.name for p in (out / "sparsity").glob("*.png"))
+    links = "".join(f"\n![{name}](sparsity/{name})\n" for name in plots)
+    return head + _table(("layer", "modality", "pattern", "level", "params kept"), rows) + links
+
+
+def _engine_section(out: Path, records: Sequence[Any]) -> str:
+    build = next((r for r in records if r.name == "build"), None)
+    if build is None or build.details.get("backend") != "tensorrt":
+        return ""
+    built = build.details.get("built", {})
+    engine_dir = next((rel.split("/")[0] + "/" + rel.split("/")[1] for rel in build.outputs
+                       if rel.startswith("engine/")), "engine/<target>")
+    engine = built.get("engine")
+    state = (f"engine built: `{engine_dir}/{engine}`" if engine else
+             "no TensorRT on this machine: no engine was built")
+    return (f"## Engine\n\n{state}. On the target: `bash {engine_dir}/{built.get('build_script')}` then "
+            f"`bash {engine_dir}/{built.get('profile_script')}`.\n")
