@@ -316,8 +316,10 @@ def _build(torch_side: TorchSide, out: Path, lowered: str, engine: str, target: 
     from sparsefuse.targets.engine import emit_engine_artifacts
 
     with atomic_dir(out / engine) as tmp:
-        artifacts = emit_engine_artifacts(out / lowered, target, None, tmp, feeds_list=torch_side.profile_frames())
-    return {"backend": target.backend, "built": artifacts.to_dict(), "dynamic_dims": dict(artifacts.dynamic_dims)}
+        artifacts = emit_engine_artifacts(out / lowered, target, None, tmp,
+                                          feeds_list=torch_side.profile_frames())
+    return {"backend": target.backend, "built": artifacts.to_dict(),
+            "dynamic_dims": dict(artifacts.dynamic_dims)}
 
 
 def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, target: Any,

@@ -96,7 +96,8 @@ class Rig:
             "schema_version": SCHEMA_VERSION,
             "name": self.name,
             "cameras": [
-                {"name": c.name, "image_size": list(c.image_size), "intrinsics": [list(r) for r in c.intrinsics],
+                {"name": c.name, "image_size": list(c.image_size),
+                 "intrinsics": [list(r) for r in c.intrinsics],
                  "cam_to_ego": [list(r) for r in c.cam_to_ego]}
                 for c in self.cameras
             ],
@@ -198,7 +199,9 @@ def builtin_rigs() -> list[str]:
     return sorted(p.stem for p in RIG_DIR.glob("*.json"))
 
 
-def _look_at_cam_to_ego(yaw_deg: float, position: tuple[float, float, float], pitch_deg: float = 0.0) -> np.ndarray:
+def _look_at_cam_to_ego(
+    yaw_deg: float, position: tuple[float, float, float], pitch_deg: float = 0.0
+) -> np.ndarray:
     """Camera looking along ego heading ``yaw`` (deg, CCW from +x), optical axis level (+pitch down)."""
     yaw, pitch = math.radians(yaw_deg), math.radians(pitch_deg)
     forward = np.array([math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), -math.sin(pitch)])

@@ -4,6 +4,11 @@
 from sparsefuse.plugins import bev_pool, scatter_dense, sparse_conv3d, voxelize
 from sparsefuse.plugins.common import DOMAIN, OPSET_VERSION
 
-OP_TYPES = {"Voxelize": voxelize, "SparseConv3d": sparse_conv3d, "ScatterDense": scatter_dense, "BEVPool": bev_pool}
+OP_TYPES = {
+    "Voxelize": voxelize,
+    "SparseConv3d": sparse_conv3d,
+    "ScatterDense": scatter_dense,
+    "BEVPool": bev_pool,
+}
 
 __all__ = ["DOMAIN", "OPSET_VERSION", "OP_TYPES"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 from onnx.defs import OpSchema
+
 from sparsefuse.plugins.common import DOMAIN, OPSET_VERSION
 
 FLOAT_TYPES = ["tensor(float)", "tensor(float16)"]

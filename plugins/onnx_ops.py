@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 from onnx import helper
+
+from sparsefuse.errors import SparsefuseError
 from sparsefuse.plugins.bev_pool import export as bev_pool_export
 from sparsefuse.plugins.bev_pool import function as bev_pool_function
 from sparsefuse.plugins.bev_pool import schema as bev_pool_schema
@@ -28,8 +30,6 @@ from sparsefuse.plugins.sparse_conv3d import schema as sparse_conv3d_schema
 from sparsefuse.plugins.voxelize import export as voxelize_export
 from sparsefuse.plugins.voxelize import function as voxelize_function
 from sparsefuse.plugins.voxelize import schema as voxelize_schema
-
-from sparsefuse.errors import SparsefuseError
 
 # IR version our models need: model-local functions with attribute defaults (IR >= 9); ORT 1.31
 # reads up to IR 13.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from sparsefuse.plugins.bev_pool.reference import bev_pool  # noqa: F401  (registers the torch op)
 from sparsefuse.plugins.bev_pool.schema import SPEC, register_schema
 from sparsefuse.plugins.onnx_helpers import custom_op

@@ -24,7 +24,8 @@ def bev_pool(
     interval_lengths: torch.Tensor,
     bev_shape: list[int],
 ) -> torch.Tensor:
-    """depth[Ncam,D,H,W], feat[Ncam,H,W,C], ranks*[P] i32, intervals[I] i32 -> bev[B,C,Y,X]."""
+    """depth[Ncam,D,H,W], feat[Ncam,H,W,C], ranks*[P] i32, intervals[I] i32
+    -> bev[B,C,Y,X]."""
     batch, y_size, x_size = (int(s) for s in bev_shape)
     channels = feat.shape[-1]
     weights = depth.reshape(-1)[ranks_depth.to(torch.int64)]
@@ -35,6 +36,7 @@ def bev_pool(
 
 
 @bev_pool.register_fake
-def _bev_pool_fake(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, bev_shape):
+def _bev_pool_fake(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths,
+                   bev_shape):
     batch, y_size, x_size = (int(s) for s in bev_shape)
     return feat.new_empty(batch, feat.shape[-1], y_size, x_size)

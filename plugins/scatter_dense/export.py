@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from sparsefuse.plugins.onnx_helpers import custom_op
 from sparsefuse.plugins.scatter_dense.reference import scatter_dense  # noqa: F401  (registers the torch op)
 from sparsefuse.plugins.scatter_dense.schema import SPEC, register_schema

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from sparsefuse.plugins.onnx_helpers import custom_op
 from sparsefuse.plugins.sparse_conv3d.reference import ACTIVATIONS, sparse_conv3d  # noqa: F401 (registers the op)
 from sparsefuse.plugins.sparse_conv3d.schema import SPEC, register_schema

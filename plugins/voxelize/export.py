@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from sparsefuse.plugins.onnx_helpers import custom_op
 from sparsefuse.plugins.voxelize.reference import voxelize  # noqa: F401  (registers the torch op)
 from sparsefuse.plugins.voxelize.schema import SPEC, register_schema

@@ -27,7 +27,8 @@ def grid_shape(point_range: list[float], voxel_size: list[float]) -> tuple[int, 
 def voxelize(
     points: torch.Tensor, point_range: list[float], voxel_size: list[float], max_voxels: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """points[P,F] f32 (x, y, z, ...) -> voxel_features[V,F] f32, voxel_coords[V,4] i32 (b,z,y,x), num_voxels[] i32."""
+    """points[P,F] f32 (x, y, z, ...) -> voxel_features[V,F] f32, voxel_coords[V,4] i32 (b,z,y,x),
+    num_voxels[] i32."""
     z_size, y_size, x_size = grid_shape(point_range, voxel_size)
     lo = torch.tensor(point_range[:3], dtype=torch.float32, device=points.device)
     size = torch.tensor(voxel_size, dtype=torch.float32, device=points.device)

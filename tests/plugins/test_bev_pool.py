@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sparsefuse.plugins import onnx_ops
 from sparsefuse.plugins.bev_pool import bev_pool
 

@@ -7,13 +7,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import sparsefuse.plugins  # noqa: F401  (registers the torch ops)
 import torch
 from onnx import helper
 from onnx.defs import OpSchema
-from sparsefuse.plugins import onnx_ops
 
+import sparsefuse.plugins  # noqa: F401  (registers the torch ops)
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.plugins import onnx_ops
 
 TORCH_NAMES = {
     "Voxelize": "voxelize",

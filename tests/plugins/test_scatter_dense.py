@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sparsefuse.plugins import onnx_ops
 from sparsefuse.plugins.common import decode_key
 from sparsefuse.plugins.scatter_dense import scatter_dense

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sparsefuse.plugins import onnx_ops
 from sparsefuse.plugins.common import decode_key, linear_key
 from sparsefuse.plugins.sparse_conv3d import output_spatial_shape, sparse_conv3d
