@@ -18,7 +18,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,13 +121,10 @@ def _machine(threads: int, load_start: tuple[float, float, float]) -> dict[str, 
     import onnxruntime as ort
     import torch
 
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
+    from sparsefuse.targets.profiler import cpu_model_name
+
+    return {"cpu": cpu_model_name(), "cores": os.cpu_count(), "threads": threads,
+            "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
             "loadavg_start": [round(x, 2) for x in load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()]}

@@ -70,7 +70,7 @@ def compile_model(config: CompileConfig, progress: Progress | None = None) -> Co
     slug = target.tag.replace("/", "_")
     lowered, engine = f"lowered/{lowered_filename(target.tag)}", f"engine/{slug}"
     target_cfg = {"target": target.tag, "backend": target.backend}
-    frames_cfg = {**config.model_key_dict(), "profile_frames": PROFILE_FRAMES}
+    frames_cfg = {**target_cfg, **config.model_key_dict(), "profile_frames": PROFILE_FRAMES}
     verify_files = [*VERIFY_FILES, *([RUNNABLE_ONNX] if target.backend == "tensorrt" else [])]
 
     export = run.run("export", inputs, config.model_key_dict(), [EXPORT_ONNX],
@@ -85,16 +85,16 @@ def compile_model(config: CompileConfig, progress: Progress | None = None) -> Co
                      lambda: _passes(out, graph, PASSES_ONNX, progress))
     lower = run.run("lower", passes.outputs, target_cfg, [lowered],
                     lambda: _lower(out, PASSES_ONNX, lowered, target.backend, progress))
-    build = run.run("build", lower.outputs, {**target_cfg, **frames_cfg}, [engine],
+    build = run.run("build", lower.outputs, frames_cfg, [engine],
                     lambda: _build(torch_side, out, lowered, engine, target))
     verify = run.run("verify", {**lower.outputs, **build.outputs}, config.key_dict(), verify_files,
                      lambda: _verify(torch_side, out, lowered, engine, target, config.verify_frames))
-    profile = run.run("profile", {**lower.outputs, **build.outputs}, {**target_cfg, **frames_cfg,
-                                                                       "runs": PROFILE_RUNS},
+    profile = run.run("profile", {**lower.outputs, **build.outputs}, {**frames_cfg, "runs": PROFILE_RUNS},
                       list(PROFILE_FILES), lambda: _profile(torch_side, out, lowered, target, build.details))
-    report_inputs = {**verify.outputs, **profile.outputs, **graph_stage.outputs}
-    run.run("report", report_inputs, {"config": config.to_dict(), "stages": _stage_lines(run.records)},
-            [REPORT_MD], lambda: _report(out, config, run.records))
+    # The report shows this compile's stage timings, so its key changes (and it is rewritten) every time.
+    run.run("report", {**verify.outputs, **profile.outputs, **graph_stage.outputs},
+            {"config": config.to_dict(), "stages": _stage_lines(run.records)}, [REPORT_MD],
+            lambda: _report(out, config, run.records))
 
     result = CompileResult(out, tuple(run.records), bool(verify.details["pass"]), time.perf_counter() - start)
     write_json(out / "compile.json", compile_record(config, inputs, result))

@@ -15,7 +15,8 @@ from torch import nn
 
 from sparsefuse.errors import SparsefuseError
 from sparsefuse.models.bevfusion import BEVFusion, init_weights
-from sparsefuse.models.rig import Rig, load_rig
+from sparsefuse.models.rig import Rig, bev_grid_shape, load_rig
+from sparsefuse.plugins.voxelize import grid_shape
 
 DEFAULT_RIG = "nuscenes_6cam"
 
@@ -68,15 +69,12 @@ class Preset:
     @property
     def bev_shape(self) -> tuple[int, int]:
         """(Y, X) of the fusion grid and of the outputs."""
-        xmin, ymin, xmax, ymax = self.bev_range
-        return int(round((ymax - ymin) / self.bev_cell)), int(round((xmax - xmin) / self.bev_cell))
+        return bev_grid_shape(self.bev_range, self.bev_cell)
 
     @property
     def voxel_grid(self) -> tuple[int, int, int]:
         """(Z, Y, X) voxels of Voxelize; the sparse encoder adds one z slice (41 for 40)."""
-        pr, vs = self.point_range, self.voxel_size
-        nx, ny, nz = (int(round((pr[i + 3] - pr[i]) / vs[i])) for i in range(3))
-        return nz, ny, nx
+        return grid_shape(list(self.point_range), list(self.voxel_size))
 
 
 PRESETS: dict[str, Preset] = {

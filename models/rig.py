@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.plugins.voxelize import grid_shape
 
 RIG_DIR = Path(__file__).parent / "rigs"
 SCHEMA_VERSION = 1
@@ -78,15 +79,12 @@ class Rig:
     @property
     def bev_shape(self) -> tuple[int, int]:
         """(Y, X) BEV cells."""
-        xmin, ymin, xmax, ymax = self.bev_range
-        return int(round((ymax - ymin) / self.bev_cell)), int(round((xmax - xmin) / self.bev_cell))
+        return bev_grid_shape(self.bev_range, self.bev_cell)
 
     @property
     def voxel_grid(self) -> tuple[int, int, int]:
-        """(Z, Y, X) voxel counts."""
-        pr, vs = self.point_range, self.voxel_size
-        nx, ny, nz = (int(round((pr[i + 3] - pr[i]) / vs[i])) for i in range(3))
-        return nz, ny, nx
+        """(Z, Y, X) voxel counts, exactly as Voxelize bins them."""
+        return grid_shape(list(self.point_range), list(self.voxel_size))
 
     def resized(self, height: int, width: int) -> Rig:
         return replace(self, cameras=tuple(c.resized(height, width) for c in self.cameras))
@@ -108,6 +106,12 @@ class Rig:
             "bev_cell": self.bev_cell,
             "lidar_to_ego": [list(r) for r in self.lidar_to_ego],
         }
+
+
+def bev_grid_shape(bev_range: tuple[float, float, float, float], cell_m: float) -> tuple[int, int]:
+    """(Y, X) cells of a BEV grid over [xmin, ymin, xmax, ymax] m with square cells of ``cell_m`` m."""
+    xmin, ymin, xmax, ymax = bev_range
+    return int(round((ymax - ymin) / cell_m)), int(round((xmax - xmin) / cell_m))
 
 
 def _tuple2d(a: np.ndarray) -> tuple[tuple[float, ...], ...]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -176,6 +176,29 @@ def time_runs(
         elif i >= runs:
             break
     return samples, frames
+
+
+def cpu_model_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else platform's best guess."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def points_per_frame(
+    feeds_list: Sequence[Mapping[str, np.ndarray]], frames: Sequence[int], points_input: str = "points"
+) -> tuple[int, ...]:
+    """LiDAR point count of each timed run's frame (0 where the model has no points input)."""
+    return tuple(
+        int(feeds_list[f][points_input].shape[0]) if points_input in feeds_list[f] else 0 for f in frames
+    )
 
 
 def reset_peak_rss() -> bool:

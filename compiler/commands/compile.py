@@ -110,6 +110,9 @@ def _summary(stage: str, details: dict[str, Any]) -> str:
         return f"[dim]{len(details.get('functions', []))} function bodies[/]"
     if stage == "verify":
         return "[green]pass[/]" if details.get("pass") else "[red]FAIL[/]"
+    if stage == "build" and details.get("backend") == "tensorrt":
+        engine = details.get("built", {}).get("engine")
+        return "[dim]TensorRT engine built[/]" if engine else "[dim]recipes only (no TensorRT here)[/]"
     if stage == "sparsity":
         return f"[dim]parameter sparsity {details.get('achieved_sparsity', 0):.3f}[/]"
     if stage == "profile":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -59,15 +58,10 @@ class MeasureConfig:
 def device_description(threads: int) -> str:
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores), onnxruntime {ort.__version__} CPU, {threads} thread(s)"
+    from sparsefuse.targets.profiler import cpu_model_name
+
+    cores = os.cpu_count()
+    return f"{cpu_model_name()} ({cores} cores), onnxruntime {ort.__version__} CPU, {threads} thread(s)"
 
 
 def reference_model(channels: int = 16, size: int = 32, depth: int = 4) -> onnx.ModelProto:

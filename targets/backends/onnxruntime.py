@@ -21,7 +21,15 @@ from sparsefuse.targets.backends.ort_profiling import (
     name_function_bodies,
     parse_ort_profile,
 )
-from sparsefuse.targets.profiler import NodeTime, Profile, peak_rss_mb, reset_peak_rss, time_runs
+from sparsefuse.targets.profiler import (
+    NodeTime,
+    Profile,
+    cpu_model_name,
+    peak_rss_mb,
+    points_per_frame,
+    reset_peak_rss,
+    time_runs,
+)
 from sparsefuse.targets.registry import Target
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -216,16 +224,7 @@ def device_name(providers: Sequence[str]) -> str:
     """Human-readable device of the first EP, e.g. "CPU (Intel Xeon ...) x2"."""
     if providers and providers[0] != "CPUExecutionProvider":
         return providers[0]
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"CPU ({model or 'unknown'}) x{os.cpu_count()}"
+    return f"CPU ({cpu_model_name()}) x{os.cpu_count()}"
 
 
 def profile(
@@ -251,10 +250,7 @@ def profile(
     per_node: tuple[NodeTime, ...] = ()
     if node_runs > 0:
         per_node = tuple(node_times(built, feeds_list, node_runs))
-    points = tuple(
-        int(feeds_list[f][lidar_points_input].shape[0]) if lidar_points_input in feeds_list[f] else 0
-        for f in frames
-    )
+    points = points_per_frame(feeds_list, frames, lidar_points_input)
     return Profile(
         label="measured",
         target=built.target_tag,

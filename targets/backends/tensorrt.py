@@ -26,7 +26,7 @@ import numpy as np
 from sparsefuse.atomic import write_text
 from sparsefuse.errors import SparsefuseError
 from sparsefuse.targets.backends import trtexec
-from sparsefuse.targets.profiler import Profile, time_runs
+from sparsefuse.targets.profiler import Profile, points_per_frame, time_runs
 from sparsefuse.targets.registry import Target
 from sparsefuse.targets.trt_plan import TrtBuildPlan, TrtOptions, make_plan
 
@@ -223,10 +223,7 @@ def profile(
         samples, frames = time_runs(
             lambda i: runner.infer(feeds_list[i]), len(feeds_list), warmup, runs, duration_s
         )
-    points = tuple(
-        int(feeds_list[f][lidar_points_input].shape[0]) if lidar_points_input in feeds_list[f] else 0
-        for f in frames
-    )
+    points = points_per_frame(feeds_list, frames, lidar_points_input)
     return Profile(
         label="measured",
         target=built.target_tag,
