@@ -201,8 +201,9 @@ def frame_targets(frame: Frame, grid: BevGrid) -> dict[str, torch.Tensor]:
     }
 
 
-def synthetic_frames(model: nn.Module, seeds: Iterable[int], cache_dir: str | Path | None = None,
-                     workers: int = 1) -> list[Frame]:
+def synthetic_frames(
+    model: nn.Module, seeds: Iterable[int], cache_dir: str | Path | None = None, workers: int = 1
+) -> list[Frame]:
     """Synthetic frames for ``model``'s rig (e.g. for ``finetune`` or ``evaluate``); cached as .npz
     in ``cache_dir`` when given. Training used seeds 0..599; 100000.. are held out."""
     from sparsefuse.models.synthetic.dataset import cached_frames, generate_frames

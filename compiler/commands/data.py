@@ -40,6 +40,7 @@ def register(subparsers: Any) -> None:
     prev.add_argument("--model", default="bevfusion-tiny", help="preset whose rig and grids to use")
     prev.add_argument("--night", action="store_true", help="force night-like lighting")
     prev.add_argument("--size", default=None, help="render the cameras at HxW instead (e.g. 360x640)")
+    prev.add_argument("--checkpoint", default=None, help="also draw this checkpoint's detections (dashed)")
     prev.set_defaults(func=run_preview)
     gen = sub.add_parser("generate", help="generate and cache a frame set (.npz) for training / evaluation")
     gen.add_argument("--seeds", required=True, help="START:STOP or a comma list")
@@ -72,7 +73,10 @@ def run_preview(args: argparse.Namespace) -> int:
         rig = rig.resized(height, width)
     config = SyntheticConfig(force_night=True if args.night else None)
     frame = make_frame(args.seed, rig, grid, config)
-    for path in write_preview(frame, rig, grid, args.out):
+    pred_boxes = pred_labels = None
+    if args.checkpoint:
+        pred_boxes, pred_labels = _detect(args.model, args.checkpoint, args.seed, config)
+    for path in write_preview(frame, rig, grid, args.out, pred_boxes, pred_labels):
         print(path)
     return 0
 
@@ -86,3 +90,20 @@ def run_generate(args: argparse.Namespace) -> int:
     frames = cached_frames(seeds, preset_rig_for(args.model), args.cache, config, args.workers)
     print(f"{len(frames)} frames in {args.cache}")
     return 0
+
+
+def _detect(model_name: str, checkpoint: str, seed: int, config):
+    """Decoded detections (score > 0.3) of a checkpoint on the network-size frame of ``seed``."""
+    import torch
+
+    from sparsefuse.models.metrics import decode
+    from sparsefuse.models.presets import build_model
+    from sparsefuse.models.synthetic import make_frame
+    from sparsefuse.models.train import load_checkpoint, sensor_inputs
+
+    model = load_checkpoint(build_model(model_name), checkpoint)
+    frame = make_frame(seed, model.rig, None, config)
+    with torch.no_grad():
+        _, heat, boxes = model(*sensor_inputs(frame))
+    det = decode(heat, boxes, model.rig.bev_range, model.rig.bev_cell, score_threshold=0.3)
+    return det.boxes, det.labels

@@ -42,8 +42,12 @@ def generate_frames(
 def cache_key(seeds: list[int], rig: Rig, config: SyntheticConfig) -> str:
     """Content key of a frame set: seeds, rig and generator config (and the generator version)."""
     blob = json.dumps(
-        {"seeds": [int(s) for s in seeds], "rig": rig.to_dict(), "config": asdict(config),
-         "version": GENERATOR_VERSION},
+        {
+            "seeds": [int(s) for s in seeds],
+            "rig": rig.to_dict(),
+            "config": asdict(config),
+            "version": GENERATOR_VERSION,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

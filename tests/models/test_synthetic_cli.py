@@ -25,3 +25,14 @@ def test_user_mistakes_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: bad --seed -1" in err and "unknown mode" in err and "checkpoint not found" in err
     assert "Traceback" not in err
+
+
+def test_data_preview_with_the_shipped_checkpoint(tmp_path):
+    from pathlib import Path
+
+    import sparsefuse.models as models_pkg
+
+    ckpt = Path(models_pkg.__file__).parent / "checkpoints" / "bevfusion-tiny.safetensors"
+    args = ["data", "preview", "--seed", "4", "--out", str(tmp_path), "--checkpoint", str(ckpt)]
+    assert main(args) == 0
+    assert (tmp_path / "bev.png").stat().st_size > 10_000
