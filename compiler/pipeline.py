@@ -349,8 +349,8 @@ def _what_verify_runs(out: Path, lowered: str, engine: str, target: Any) -> tupl
     from sparsefuse.passes.lower import runnable
 
     if target.backend == "onnxruntime":
-        return ("the ONNX Runtime model that ships (engine/<target>/model.ort.onnx, else the lowered "
-                "ONNX) against PyTorch", lowered)
+        return (f"the ONNX Runtime model that ships ({engine}/model.ort.onnx, else the lowered ONNX) "
+                "against PyTorch", lowered)
     write_bytes(out / RUNNABLE_ONNX, runnable(onnx.load(out / lowered)).SerializeToString())
     engine_built = (out / engine / "model.plan").is_file()
     what = (f"the TensorRT-lowered graph ({lowered}) run in ONNX Runtime with the custom ops' function "

@@ -7,7 +7,6 @@ shared machine: scatter-heavy sparse ops get much slower with contended OpenMP t
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -24,9 +23,6 @@ from sparsefuse.models import losses
 from sparsefuse.models.metrics import DetectionAccumulator, IoUAccumulator, decode
 from sparsefuse.models.synthetic.labels import BevGrid, detection_targets
 from sparsefuse.models.synthetic.scene import CLASS_NAMES, SEG_CLASSES
-from sparsefuse.plugins.bev_pool.reference import bev_pool
-from sparsefuse.plugins.scatter_dense.reference import scatter_dense
-from sparsefuse.plugins.sparse_conv3d.reference import sparse_conv3d
 
 MODES = ("full", "camera_only", "lidar_only")  # camera_only: LiDAR emptied; lidar_only: cameras blanked
 SEG_POS_WEIGHT = (1.0, 3.0, 3.0, 5.0, 3.0)  # rare object classes get more weight on their positives
@@ -44,140 +40,6 @@ class TrainConfig:
     drop_lidar: float = 0.15  # probability a step sees no LiDAR points
     grad_clip: float = 5.0
     log_every: int = 25
-
-
-# ---------------------------------------------------------------- autograd for the custom ops
-
-
-def _bev_pool_setup(ctx, inputs, output) -> None:
-    depth, feat, ranks_depth, ranks_feat, ranks_bev = inputs[:5]
-    ctx.save_for_backward(depth, feat, ranks_depth, ranks_feat, ranks_bev)
-
-
-def _bev_pool_backward(ctx, grad_bev):
-    depth, feat, ranks_depth, ranks_feat, ranks_bev = ctx.saved_tensors
-    channels = feat.shape[-1]
-    g = grad_bev.permute(0, 2, 3, 1).reshape(-1, channels)[ranks_bev.long()]  # [P, C]
-    values = feat.reshape(-1, channels)[ranks_feat.long()]
-    weights = depth.reshape(-1)[ranks_depth.long()]
-    grad_depth = depth.new_zeros(depth.numel()).index_add_(0, ranks_depth.long(), (g * values).sum(1))
-    grad_feat = feat.new_zeros(feat.reshape(-1, channels).shape).index_add_(
-        0, ranks_feat.long(), g * weights[:, None]
-    )
-    return grad_depth.view_as(depth), grad_feat.view_as(feat), None, None, None, None, None, None
-
-
-def _scatter_setup(ctx, inputs, output) -> None:
-    features, coords, spatial_shape, _ = inputs
-    ctx.save_for_backward(coords)
-    ctx.channels = features.shape[1]
-    ctx.spatial_shape = [int(s) for s in spatial_shape]
-
-
-def _scatter_backward(ctx, grad_dense):
-    (coords,) = ctx.saved_tensors
-    z, y, x = ctx.spatial_shape
-    g = grad_dense.reshape(grad_dense.shape[0], ctx.channels, z, y, x).permute(0, 2, 3, 4, 1)
-    c = coords.long()
-    return g[c[:, 0], c[:, 1], c[:, 2], c[:, 3]], None, None, None
-
-
-def _sconv_setup(ctx, inputs, output) -> None:
-    features, coords, weight, bias, spatial_shape, kernel_size, stride, padding, dilation, subm, act = inputs
-    ctx.save_for_backward(features, coords, weight, output[0], output[1])
-    ctx.has_bias = bias is not None
-    ctx.args = (
-        list(spatial_shape),
-        list(kernel_size),
-        list(stride),
-        list(padding),
-        list(dilation),
-        bool(subm),
-    )
-    ctx.relu = act == "relu"
-
-
-def kernel_pairs(
-    coords: torch.Tensor,
-    out_coords: torch.Tensor,
-    spatial_shape: list[int],
-    kernel_size: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    subm: bool,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per kernel offset, (input rows, output rows) with out += W[k] @ in: the same pairs as the
-    plugin's kernel map (plugins/sparse_conv3d/reference.py), found through a dense index table of
-    the output grid instead of sorted-key searches (about 10x faster on CPU)."""
-    c = coords.long()
-    oc = out_coords.long()
-    out_shape = [
-        int(v)
-        for v in (
-            spatial_shape
-            if subm
-            else [
-                (n + 2 * p - d * (k - 1) - 1) // s + 1
-                for n, k, s, p, d in zip(spatial_shape, kernel_size, stride, padding, dilation, strict=True)
-            ]
-        )
-    ]
-    bounds = torch.tensor(out_shape)
-    batches = int(oc[:, 0].max()) + 1 if oc.numel() else 1
-    table = torch.full((batches * math.prod(out_shape),), -1, dtype=torch.long)
-
-    def key(b: torch.Tensor, zyx: torch.Tensor) -> torch.Tensor:
-        return ((b * out_shape[0] + zyx[:, 0]) * out_shape[1] + zyx[:, 1]) * out_shape[2] + zyx[:, 2]
-
-    table[key(oc[:, 0], oc[:, 1:])] = torch.arange(oc.shape[0])
-    dil, strd, pad = torch.tensor(dilation), torch.tensor(stride), torch.tensor(padding)
-    half = torch.tensor([k // 2 for k in kernel_size])
-    pairs = []
-    for offset in itertools.product(*(range(int(k)) for k in kernel_size)):
-        off = torch.tensor(offset)
-        if subm:  # out o reads in o + (k - k//2) d, i.e. in x feeds out x - (k - k//2) d
-            target = c[:, 1:] - (off - half) * dil
-            ok = ((target >= 0) & (target < bounds)).all(dim=1)
-        else:
-            num = c[:, 1:] + pad - off * dil
-            target = torch.div(num, strd, rounding_mode="floor")
-            ok = ((num >= 0) & (num % strd == 0) & (target < bounds)).all(dim=1)
-        src = torch.nonzero(ok).flatten()
-        dst = table[key(c[src, 0], target[src])]
-        hit = dst >= 0
-        pairs.append((src[hit], dst[hit]))
-    return pairs
-
-
-def _sconv_backward(ctx, grad_out, _grad_coords):
-    features, coords, weight, out, out_coords = ctx.saved_tensors
-    g = grad_out * (out > 0).to(grad_out.dtype) if ctx.relu else grad_out
-    c_out, c_in = weight.shape[0], weight.shape[-1]
-    w = weight.reshape(c_out, -1, c_in)
-    grad_f = torch.zeros_like(features)
-    grad_w = torch.zeros_like(w)
-    for k, (src, dst) in enumerate(kernel_pairs(coords, out_coords, *ctx.args)):
-        if src.numel():
-            gd = g[dst]
-            grad_f.index_add_(0, src, gd @ w[:, k, :])
-            grad_w[:, k, :] = gd.t() @ features[src]
-    grad_b = g.sum(0) if ctx.has_bias else None
-    return grad_f, None, grad_w.view_as(weight), grad_b, None, None, None, None, None, None, None
-
-
-def ensure_autograd() -> None:
-    """Give BEVPool, ScatterDense and SparseConv3d a backward where their plugin registers none.
-
-    Voxelize needs none (it only reads the input points). Idempotent; a plugin's own formula wins.
-    """
-    for op, backward, setup in (
-        (bev_pool, _bev_pool_backward, _bev_pool_setup),
-        (scatter_dense, _scatter_backward, _scatter_setup),
-        (sparse_conv3d, _sconv_backward, _sconv_setup),
-    ):
-        if getattr(op, "_backward_fn", None) is None:
-            op.register_autograd(backward, setup_context=setup)
 
 
 # ---------------------------------------------------------------- data plumbing
@@ -237,7 +99,6 @@ def train(
 
     AdamW with a one-cycle LR schedule; returns the per-step loss history.
     """
-    ensure_autograd()
     grid = model_grid(model)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
@@ -357,7 +218,6 @@ def finetune(
     if steps < 1 or not frames:
         raise SparsefuseError("finetune needs at least one step and one frame", "pass steps >= 1 and frames")
     _check_masks(model, masks)
-    ensure_autograd()
     grid = model_grid(model)
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(frames)) for _ in range(math.ceil(steps / len(frames)))])

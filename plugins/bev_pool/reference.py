@@ -40,3 +40,25 @@ def _bev_pool_fake(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_sta
                    bev_shape):
     batch, y_size, x_size = (int(s) for s in bev_shape)
     return feat.new_empty(batch, feat.shape[-1], y_size, x_size)
+
+
+def _bev_pool_setup(ctx, inputs, output) -> None:
+    depth, feat, ranks_depth, ranks_feat, ranks_bev = inputs[:5]
+    ctx.save_for_backward(depth, feat, ranks_depth, ranks_feat, ranks_bev)
+
+
+def _bev_pool_backward(ctx, grad_bev):
+    """d bev / d depth and d feat: gather the BEV gradient per frustum point, scatter it back."""
+    depth, feat, ranks_depth, ranks_feat, ranks_bev = ctx.saved_tensors
+    channels = feat.shape[-1]
+    g = grad_bev.permute(0, 2, 3, 1).reshape(-1, channels)[ranks_bev.long()]  # [P, C]
+    values = feat.reshape(-1, channels)[ranks_feat.long()]
+    weights = depth.reshape(-1)[ranks_depth.long()]
+    grad_depth = depth.new_zeros(depth.numel()).index_add_(0, ranks_depth.long(), (g * values).sum(1))
+    grad_feat = feat.new_zeros(feat.reshape(-1, channels).shape).index_add_(
+        0, ranks_feat.long(), g * weights[:, None]
+    )
+    return grad_depth.view_as(depth), grad_feat.view_as(feat), None, None, None, None, None, None
+
+
+bev_pool.register_autograd(_bev_pool_backward, setup_context=_bev_pool_setup)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from onnx.defs import OpSchema
+
 from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, OutputType, ShapeContext, register
 
 OP_TYPE = "BEVPool"

@@ -27,3 +27,22 @@ def scatter_dense(
 def _scatter_dense_fake(features, coords, spatial_shape, batch_size):
     z_size, y_size, x_size = (int(s) for s in spatial_shape)
     return features.new_empty(batch_size, features.shape[1] * z_size, y_size, x_size)
+
+
+def _scatter_dense_setup(ctx, inputs, output) -> None:
+    features, coords, spatial_shape, _ = inputs
+    ctx.save_for_backward(coords)
+    ctx.channels = features.shape[1]
+    ctx.spatial_shape = [int(s) for s in spatial_shape]
+
+
+def _scatter_dense_backward(ctx, grad_dense):
+    """d dense / d features: gather the dense gradient at each voxel (coords are unique)."""
+    (coords,) = ctx.saved_tensors
+    z, y, x = ctx.spatial_shape
+    g = grad_dense.reshape(grad_dense.shape[0], ctx.channels, z, y, x).permute(0, 2, 3, 4, 1)
+    c = coords.long()
+    return g[c[:, 0], c[:, 1], c[:, 2], c[:, 3]], None, None, None
+
+
+scatter_dense.register_autograd(_scatter_dense_backward, setup_context=_scatter_dense_setup)

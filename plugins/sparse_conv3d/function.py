@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import onnx
 from onnx import TensorProto
+
 from sparsefuse.plugins.common import DOMAIN
 from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
 from sparsefuse.plugins.sparse_conv3d.schema import SPEC

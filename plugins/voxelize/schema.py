@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from onnx import TensorProto
 from onnx.defs import OpSchema
+
 from sparsefuse.plugins.onnx_helpers import INT32, AttrSpec, OpSpec, OutputType, ShapeContext, register
 
 OP_TYPE = "Voxelize"

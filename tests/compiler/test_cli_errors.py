@@ -38,10 +38,13 @@ def test_unknown_target(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_tensorrt_target_is_refused_clearly(tmp_path, capsys):
-    code = main(["compile", "--model", "bevfusion-tiny", "--target", "desktop/h100",
+def test_unknown_target_is_refused_clearly(tmp_path, capsys):
+    # TensorRT targets compile now (tests/compiler/test_compile_targets.py); unknown tags are refused.
+    code = main(["compile", "--model", "bevfusion-tiny", "--target", "desktop/h1000",
                  "--out", str(tmp_path / "o")])
-    _assert_one_line_error(code, capsys.readouterr().err, "desktop/h100", "tensorrt")
+    err = capsys.readouterr().err
+    _assert_one_line_error(code, err, "unknown target 'desktop/h1000'", "jetson/agx-orin-64gb")
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_rig(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Training support: custom-op gradients, fine-tuning with frozen masks, checkpoints, evaluation."""
+"""Training support: fine-tuning with frozen masks, checkpoints, evaluation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from sparsefuse.models.presets import build_model, get_preset, preset_rig
 from sparsefuse.models.synthetic import make_frame
 from sparsefuse.models.train import (
     TrainConfig,
-    ensure_autograd,
     evaluate,
     finetune,
     load_checkpoint,
@@ -20,9 +19,6 @@ from sparsefuse.models.train import (
     sensor_inputs,
     train,
 )
-from sparsefuse.plugins.bev_pool.reference import bev_pool
-from sparsefuse.plugins.scatter_dense.reference import scatter_dense
-from sparsefuse.plugins.sparse_conv3d.reference import apply_kernel_map, build_kernel_map, sparse_conv3d
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,61 +66,6 @@ class ToyModel(nn.Module):
 def _random_mask(param: torch.Tensor, keep: float, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(param.shape, generator=g) < keep
-
-
-def test_sparse_conv_gradients_match_the_plain_torch_reference():
-    ensure_autograd()
-    torch.manual_seed(0)
-    shape = [6, 11, 9]
-    keys = torch.randperm(6 * 11 * 9)[:80]
-    coords = torch.stack([torch.zeros_like(keys), keys // 99, (keys // 9) % 11, keys % 9], 1).int()
-    for subm, stride, act in ((True, 1, "relu"), (False, 2, "none")):
-        feats = torch.randn(80, 3, requires_grad=True)
-        weight = torch.randn(4, 3, 3, 3, 3, requires_grad=True)
-        bias = torch.randn(4, requires_grad=True)
-        args = (shape, [3, 3, 3], [stride] * 3, [1, 1, 1], [1, 1, 1], subm, act)
-        out, _ = sparse_conv3d(feats, coords, weight, bias, *args)
-        grad = torch.randn_like(out)
-        got = torch.autograd.grad(out, (feats, weight, bias), grad)
-        kmap = build_kernel_map(coords, *args[:-1])
-        ref = apply_kernel_map(feats, weight, bias, kmap, act)
-        want = torch.autograd.grad(ref, (feats, weight, bias), grad)
-        for a, b in zip(got, want, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_scatter_dense_and_bev_pool_gradients():
-    ensure_autograd()
-    torch.manual_seed(1)
-    feats = torch.randn(5, 3, requires_grad=True)
-    coords = torch.tensor(
-        [[0, 0, 1, 2], [0, 1, 0, 0], [0, 1, 3, 3], [0, 0, 0, 1], [0, 1, 2, 0]], dtype=torch.int32
-    )
-    dense = scatter_dense(feats, coords, [2, 4, 4], 1)
-    grad = torch.randn_like(dense)
-    (got,) = torch.autograd.grad(dense, feats, grad)
-    want = grad.view(1, 3, 2, 4, 4)[0].permute(1, 2, 3, 0)[
-        coords[:, 1].long(), coords[:, 2].long(), coords[:, 3].long()
-    ]
-    torch.testing.assert_close(got, want)
-
-    depth = torch.rand(1, 2, 2, 2, requires_grad=True)
-    feat = torch.randn(1, 2, 2, 3, requires_grad=True)
-    ranks_depth = torch.tensor([0, 5, 3, 7], dtype=torch.int32)
-    ranks_feat = torch.tensor([0, 1, 3, 3], dtype=torch.int32)
-    ranks_bev = torch.tensor([0, 0, 2, 3], dtype=torch.int32)
-    starts, lengths = torch.tensor([0, 2, 3], dtype=torch.int32), torch.tensor([2, 1, 1], dtype=torch.int32)
-    bev = bev_pool(depth, feat, ranks_depth, ranks_feat, ranks_bev, starts, lengths, [1, 2, 2])
-    grad = torch.randn_like(bev)
-    got = torch.autograd.grad(bev, (depth, feat), grad)
-    plain = torch.zeros(4, 3).index_add(
-        0,
-        ranks_bev.long(),
-        depth.reshape(-1)[ranks_depth.long()][:, None] * feat.reshape(-1, 3)[ranks_feat.long()],
-    )
-    want = torch.autograd.grad(plain.view(1, 2, 2, 3).permute(0, 3, 1, 2), (depth, feat), grad)
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b)
 
 
 def test_finetune_keeps_masked_weights_zero_and_lowers_the_loss(rig, frames):

@@ -117,3 +117,28 @@ def test_dynamo_export_gives_one_node():
     features, coords = make_inputs({"seed": 2, "shape": [2, 5, 6], "batch": 1, "n": 33, "channels": 3})
     out = session.run(None, {"features": features.numpy(), "coords": coords.numpy()})[0]
     np.testing.assert_array_equal(out, ToBev()(features, coords).numpy())
+
+
+# ---------------------------------------------------------------- autograd
+
+
+def test_gradient_gathers_the_dense_gradient_at_each_voxel():
+    torch.manual_seed(1)
+    feats = torch.randn(5, 3, requires_grad=True)
+    coords = torch.tensor(
+        [[0, 0, 1, 2], [0, 1, 0, 0], [0, 1, 3, 3], [0, 0, 0, 1], [0, 1, 2, 0]], dtype=torch.int32
+    )
+    dense = scatter_dense(feats, coords, [2, 4, 4], 1)
+    grad = torch.randn_like(dense)
+    (got,) = torch.autograd.grad(dense, feats, grad)
+    want = grad.view(1, 3, 2, 4, 4)[0].permute(1, 2, 3, 0)[
+        coords[:, 1].long(), coords[:, 2].long(), coords[:, 3].long()
+    ]
+    torch.testing.assert_close(got, want)
+
+
+def test_gradcheck_float64():
+    keys = torch.randperm(2 * 2 * 3 * 4, generator=torch.Generator().manual_seed(0))[:9]
+    coords = decode_key(keys, [2, 3, 4])
+    feats = torch.randn(9, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: scatter_dense(f, coords, [2, 3, 4], 2), (feats,))

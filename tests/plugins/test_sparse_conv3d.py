@@ -349,3 +349,89 @@ def test_dynamo_export_gives_one_node_per_call_and_runs():
         ref, ref_coords = module(features, coords)
     np.testing.assert_array_equal(out_coords, ref_coords.numpy())
     assert within_fp32_tolerance(out, ref.numpy())
+
+
+# ---------------------------------------------------------------- autograd and kernel-map lookups
+
+
+def test_gradients_match_plain_torch_autograd_over_the_kernel_map():
+    from sparsefuse.plugins.sparse_conv3d.reference import apply_kernel_map, build_kernel_map
+
+    torch.manual_seed(0)
+    shape = [6, 11, 9]
+    keys = torch.randperm(6 * 11 * 9)[:80]
+    coords = torch.stack([torch.zeros_like(keys), keys // 99, (keys // 9) % 11, keys % 9], 1).int()
+    for subm, stride, act in ((True, 1, "relu"), (False, 2, "none")):
+        feats = torch.randn(80, 3, requires_grad=True)
+        weight = torch.randn(4, 3, 3, 3, 3, requires_grad=True)
+        bias = torch.randn(4, requires_grad=True)
+        args = (shape, [3, 3, 3], [stride] * 3, [1, 1, 1], [1, 1, 1], subm, act)
+        out, _ = sparse_conv3d(feats, coords, weight, bias, *args)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, (feats, weight, bias), grad)
+        ref = apply_kernel_map(feats, weight, bias, build_kernel_map(coords, *args[:-1]), act)
+        want = torch.autograd.grad(ref, (feats, weight, bias), grad)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("subm", [True, False])
+def test_gradcheck_float64(subm):
+    case = {
+        "seed": 3, "batch": 2, "n": 20, "cin": 2, "cout": 3, "bias": True, "activation": "none",
+        "attrs": {"spatial_shape": [3, 4, 5], "kernel_size": [3, 3, 3], "stride": [1 if subm else 2] * 3,
+                  "padding": [1, 1, 1], "dilation": [1, 1, 1], "subm": subm},
+    }
+    features, coords, weight, bias = make_inputs(case)
+    attrs = list(case["attrs"].values())
+
+    def conv(f, w, b):
+        return sparse_conv3d(f, coords, w, b, *attrs, "none")[0]
+
+    inputs = tuple(t.requires_grad_() for t in (features, weight, bias))
+    assert torch.autograd.gradcheck(conv, inputs, fast_mode=True)
+
+
+def _assert_same_map(a, b) -> None:
+    assert torch.equal(a.out_coords, b.out_coords)
+    assert len(a.in_index) == len(b.in_index)
+    for x, y in zip(a.in_index + a.out_index, b.in_index + b.out_index, strict=True):
+        assert x.dtype == y.dtype == torch.int64
+        assert torch.equal(x, y)
+
+
+@SETTINGS
+@given(conv_case(subm=True), conv_case(subm=False))
+def test_table_and_sorted_lookups_give_identical_kernel_maps(sub_case, strided_case):
+    from sparsefuse.plugins.sparse_conv3d.reference import build_kernel_map
+
+    for case in (sub_case, strided_case):
+        _, coords = random_sparse(case["seed"], case["batch"], case["attrs"]["spatial_shape"], case["n"], 1)
+        args = list(case["attrs"].values())
+        table = build_kernel_map(coords, *args, lookup="table")
+        _assert_same_map(table, build_kernel_map(coords, *args, lookup="sorted"))
+        _assert_same_map(table, build_kernel_map(coords, *args))
+        if not case["attrs"]["subm"]:  # output sites ordered by linear key
+            keys = linear_key(table.out_coords, output_spatial_shape(*args))
+            assert torch.equal(keys, torch.sort(keys).values) and keys.unique().numel() == keys.numel()
+
+
+def test_auto_lookup_falls_back_to_sorted_keys_for_big_grids(monkeypatch):
+    from sparsefuse.plugins.sparse_conv3d import reference
+
+    calls = []
+    finder = reference._key_finder
+
+    def spy(keys, num_cells, lookup):
+        calls.append(lookup)
+        return finder(keys, num_cells, lookup)
+
+    monkeypatch.setattr(reference, "_key_finder", spy)
+    coords = torch.tensor([[0, 0, 0, 0], [0, 40, 1439, 1439]], dtype=torch.int32)
+    base = ([41, 1440, 1440], [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], True)
+    kmap = reference.build_kernel_map(coords, *base)
+    assert calls == ["sorted"] and [len(i) for i in kmap.in_index] == [0] * 13 + [2] + [0] * 13
+    reference.build_kernel_map(coords.clamp(max=3), [4, 8, 8], *base[1:])
+    assert calls == ["sorted", "table"]
+    with pytest.raises(ValueError, match="lookup"):
+        reference.build_kernel_map(coords, *base, lookup="hash")
