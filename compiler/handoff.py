@@ -202,7 +202,11 @@ def golden_frames(out: Path, record: dict[str, Any], count: int) -> list[tuple[d
             "recompile with `sparsefuse compile`",
         )
     rig = Path(cfg["rig"]) if cfg.get("rig") else None
-    side = TorchSide(CompileConfig(cfg["model"], cfg.get("target", "cpu"), out, rig, int(cfg.get("seed", 0))))
+    weights = Path(cfg["weights"]) if cfg.get("weights") else None
+    side = TorchSide(CompileConfig(cfg["model"], cfg.get("target", "cpu"), out, rig, int(cfg.get("seed", 0)),
+                                   weights=weights))
+    if (out / "sparsity" / "plan.json").is_file():
+        side.plan = out / "sparsity" / "plan.json"  # the compile verified against the pruned model
     return [(frame, side.forward(frame)) for _, frame in side.verify_frames(count)]
 
 

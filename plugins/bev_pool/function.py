@@ -7,6 +7,7 @@ The interval inputs are not needed here (the CUDA kernel uses them to reduce wit
 from __future__ import annotations
 
 import onnx
+
 from sparsefuse.plugins.bev_pool.schema import SPEC
 from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
 

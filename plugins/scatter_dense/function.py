@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import onnx
 from onnx import TensorProto
+
 from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
 from sparsefuse.plugins.scatter_dense.schema import SPEC
 

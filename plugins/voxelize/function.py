@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx
 from onnx import TensorProto
+
 from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
 from sparsefuse.plugins.voxelize.schema import SPEC
 

@@ -127,3 +127,23 @@ def test_pruned_model_is_rebuilt_from_the_plan(compiled):
     params = dict(side.model.named_parameters())
     for layer in plan["layers"]:
         assert int(torch.count_nonzero(params[layer["name"]])) <= layer["params_kept"], layer["name"]
+
+
+def test_handoff_regenerated_golden_frames_come_from_the_pruned_model(compiled, tmp_path):
+    """Without verify frames, handoff regenerates golden outputs: they must be the pruned model's."""
+    import json
+    import shutil
+
+    from sparsefuse.compiler.handoff import golden_frames
+
+    out = tmp_path / "out"
+    shutil.copytree(compiled, out)
+    shutil.rmtree(out / "verify")
+    record = json.loads((out / "compile.json").read_text())
+    (inputs, outputs), = golden_frames(out, record, 1)
+
+    side = TorchSide(make_config("bevfusion-tiny", "cpu", out, sparsity=SPEC))
+    side.plan = out / "sparsity/plan.json"
+    pruned = side.forward(inputs)
+    for name, value in pruned.items():
+        np.testing.assert_allclose(outputs[name], value, rtol=1e-5, atol=1e-5)
