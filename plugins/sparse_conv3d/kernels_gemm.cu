@@ -4,6 +4,7 @@
 
 #include "../cuda_common.cuh"
 #include "kernels.h"
+#include "wmma_tile.cuh"
 
 namespace {
 
@@ -140,11 +141,8 @@ __global__ void __launch_bounds__(128) gemm_wmma(GemmBatch<__half> batch, int ci
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int wm = warp / 2, wn = warp % 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+  sf_wmma::Acc acc[2][2];
+  sf_wmma::zero(acc);
   const __half zero = __float2half(0.f);
   for (int kk = 0; kk < cin; kk += BK) {
     if (VEC8) {
@@ -181,26 +179,10 @@ __global__ void __launch_bounds__(128) gemm_wmma(GemmBatch<__half> batch, int ci
       }
     }
     __syncthreads();
-#pragma unroll
-    for (int ks = 0; ks < BK; ks += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], as + (wm * 32 + i * 16) * LDS + ks, LDS);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], bs + (wn * 32 + j * 16) * LDS + ks, LDS);
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-    }
+    sf_wmma::mma_k_block<BK, LDS>(acc, as, bs, wm, wn);
     __syncthreads();
   }
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC, wmma::mem_row_major);
+  sf_wmma::store<LDC>(cs, acc, wm, wn);
   __syncthreads();
   __half* cptr = batch.c[b];
   for (int e = tid; e < kBM * kBN; e += 128) {

@@ -6,6 +6,7 @@
 
 #include "../cuda_common.cuh"
 #include "kernels.h"
+#include "wmma_tile.cuh"
 
 namespace {
 
@@ -36,11 +37,8 @@ __global__ void __launch_bounds__(128) implicit_wmma(const __half* __restrict__ 
   const int tid = threadIdx.x, warp = tid / 32, wm = warp / 2, wn = warp % 2;
   const int64_t ldw = static_cast<int64_t>(volume) * cin;
   const __half zero = __float2half(0.f);
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+  sf_wmma::Acc acc[2][2];
+  sf_wmma::zero(acc);
   for (int k = 0; k < volume; ++k) {
     bool mine = false;
     if (tid < kBM) {
@@ -85,27 +83,11 @@ __global__ void __launch_bounds__(128) implicit_wmma(const __half* __restrict__ 
         }
       }
       __syncthreads();
-#pragma unroll
-      for (int ks = 0; ks < BK; ks += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], as + (wm * 32 + i * 16) * LDS + ks, LDS);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], bs + (wn * 32 + j * 16) * LDS + ks, LDS);
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-#pragma unroll
-          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-      }
+      sf_wmma::mma_k_block<BK, LDS>(acc, as, bs, wm, wn);
       __syncthreads();
     }
   }
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC, wmma::mem_row_major);
+  sf_wmma::store<LDC>(cs, acc, wm, wn);
   __syncthreads();
   for (int e = tid; e < kBM * kBN; e += 128) {
     const int r = e / kBN, o = e % kBN;

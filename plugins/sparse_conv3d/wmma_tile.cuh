@@ -1,0 +1,53 @@
+// The tensor-core core shared by the gather-GEMM (kernels_gemm.cu) and implicit-GEMM
+// (kernels_implicit.cu) paths: a 64x64 output tile computed by 4 warps, each owning a 32x32
+// quadrant (wm, wn) as 2x2 WMMA 16x16x16 fragments, fp16 inputs with fp32 accumulation.
+// Operands are staged in shared memory: A row-major [64][LDS], B (= W, [Cout][Cin]) as
+// column-major K x N, i.e. [64][LDS] rows of output channels.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <mma.h>
+
+namespace sf_wmma {
+
+using Acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+
+__device__ __forceinline__ void zero(Acc (&acc)[2][2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.f);
+}
+
+// acc += A[wm quadrant, 0:BK] * B[0:BK, wn quadrant] for one staged K block.
+template <int BK, int LDS>
+__device__ __forceinline__ void mma_k_block(Acc (&acc)[2][2], const __half* as, const __half* bs, int wm,
+                                            int wn) {
+  using namespace nvcuda;
+#pragma unroll
+  for (int ks = 0; ks < BK; ks += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], as + (wm * 32 + i * 16) * LDS + ks, LDS);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], bs + (wn * 32 + j * 16) * LDS + ks, LDS);
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+  }
+}
+
+// Write this warp's 32x32 quadrant into the fp32 staging tile cs [64][LDC] (row-major).
+template <int LDC>
+__device__ __forceinline__ void store(float* cs, const Acc (&acc)[2][2], int wm, int wn) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      nvcuda::wmma::store_matrix_sync(cs + (wm * 32 + i * 16) * LDC + wn * 32 + j * 16, acc[i][j], LDC,
+                                      nvcuda::wmma::mem_row_major);
+}
+
+}  // namespace sf_wmma
