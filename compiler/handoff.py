@@ -32,6 +32,7 @@ import numpy as np
 from sparsefuse.atomic import write_bytes
 from sparsefuse.compiler import bundle
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.layout import engine_rel, lowered_rel, target_slug
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NATIVE_SUFFIXES = (".cu", ".cuh", ".h", ".hpp", ".cpp")
@@ -56,8 +57,6 @@ class HandoffResult:
     signed: bool
 
 
-def slug(tag: str) -> str:
-    return tag.replace("/", "_")
 
 
 @functools.cache
@@ -135,7 +134,7 @@ def _copy(src: Path, dst: Path) -> None:
 def lowered_model(out: Path, tag: str, backend: str) -> tuple[bytes, str]:
     """(lowered ONNX bytes, who produced them). Lowers OUT/passes/model.onnx for the target's
     backend when the compile did not lower for this target (the lowering pass is pure)."""
-    path = out / "lowered" / f"{slug(tag)}.onnx"
+    path = out / lowered_rel(tag)
     if path.is_file():
         return path.read_bytes(), "compile"
     for source in (out / "passes" / "model.onnx", out / "export" / "model.onnx"):
@@ -151,7 +150,7 @@ def lowered_model(out: Path, tag: str, backend: str) -> tuple[bytes, str]:
                 f"handoff (passes.lower for {backend} from {source.relative_to(out)})",
             )
     raise SparsefuseError(
-        f"{out} has no lowered/{slug(tag)}.onnx and no exported model to lower",
+        f"{out} has no {lowered_rel(tag)} and no exported model to lower",
         f"run `sparsefuse compile --target {tag} --out {out}` first",
     )
 
@@ -243,7 +242,7 @@ def engine_recipes(stage: Path, target: Any, model_rel: str, pairs: list[tuple[d
         stage / model_rel,
         target,
         TrtOptions(dynamic_dims=tuple(sorted(dynamic.items()))),
-        stage / "engine" / slug(target.tag),
+        stage / engine_rel(target.tag),
     )
     recipes = trtexec.write_recipes(plan)
     root = stage.resolve()
@@ -313,22 +312,22 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
     record = read_json(out / "compile.json", "compile record")
     target = get_target(opts.target)
     onnx_bytes, lowered_by = lowered_model(out, target.tag, target.backend)
-    model_rel = f"lowered/{slug(target.tag)}.onnx"  # same layout as OUT: the recipes find it
+    model_rel = lowered_rel(target.tag)  # same layout as OUT: the recipes find it
     write_bytes(stage / model_rel, onnx_bytes)
     pairs = golden_frames(out, record, opts.golden_frames)
 
     for rel, src in native_sources().items():
         _copy(src, stage / rel)
 
-    engine_rel = f"engine/{slug(target.tag)}"
+    engine_dir = engine_rel(target.tag)
     shipped_engine = []
-    if (out / engine_rel).is_dir():
-        for path in sorted(p for p in (out / engine_rel).rglob("*") if p.is_file()):
+    if (out / engine_dir).is_dir():
+        for path in sorted(p for p in (out / engine_dir).rglob("*") if p.is_file()):
             if path.suffix not in HARDWARE_SPECIFIC and not path.name.endswith(".log"):
-                rel = f"{engine_rel}/{path.relative_to(out / engine_rel).as_posix()}"
+                rel = f"{engine_dir}/{path.relative_to(out / engine_dir).as_posix()}"
                 _copy(path, stage / rel)
                 shipped_engine.append(rel)
-    if target.backend == "tensorrt" and not (stage / engine_rel / "build_engine.sh").exists():
+    if target.backend == "tensorrt" and not (stage / engine_dir / "build_engine.sh").exists():
         shipped_engine += engine_recipes(stage, target, model_rel, pairs)
 
     for name in ("quantization", "quant"):
@@ -372,7 +371,7 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
             "jetpack": getattr(target, "jetpack", None),
         },
         "model": model_rel,
-        "engine_dir": engine_rel,
+        "engine_dir": engine_dir,
         "lowered_by": lowered_by,
         "golden_frames": len(pairs),
         "git": git_info(),
@@ -394,7 +393,7 @@ def _normalize_modes(root: Path) -> None:
 
 def make_bundle(opts: HandoffOptions) -> HandoffResult:
     """Write the bundle directory and its deterministic tar.gz, both atomically."""
-    dest = Path(os.path.abspath(opts.bundle_dir or opts.out / "handoff" / slug(opts.target)))
+    dest = Path(os.path.abspath(opts.bundle_dir or opts.out / "handoff" / target_slug(opts.target)))
     with staged_dir(dest) as stage:
         fields = collect(opts, stage)
         manifest = bundle.build_manifest(stage, fields)

@@ -31,6 +31,7 @@ from sparsefuse.compiler.stages import (
     atomic_dir,
     remove_outputs,
 )
+from sparsefuse.layout import engine_rel, lowered_rel
 
 SCHEMA_VERSION = 1
 EXPORT_ONNX = "export/model.onnx"
@@ -57,7 +58,6 @@ class CompileResult:
 
 def compile_model(config: CompileConfig, progress: Progress | None = None) -> CompileResult:
     """Run every stage for ``config`` (already validated) and write OUT/compile.json last."""
-    from sparsefuse.passes.lower import lowered_filename
     from sparsefuse.targets.registry import get_target
 
     start = time.perf_counter()
@@ -67,8 +67,7 @@ def compile_model(config: CompileConfig, progress: Progress | None = None) -> Co
     run = StageRunner(out, tool_versions(), progress)
     torch_side = TorchSide(config)
     inputs = input_hashes(config)
-    slug = target.tag.replace("/", "_")
-    lowered, engine = f"lowered/{lowered_filename(target.tag)}", f"engine/{slug}"
+    lowered, engine = lowered_rel(target.tag), engine_rel(target.tag)
     target_cfg = {"target": target.tag, "backend": target.backend}
     frames_cfg = {**target_cfg, **config.model_key_dict(), "profile_frames": PROFILE_FRAMES}
     verify_files = [*VERIFY_FILES, *([RUNNABLE_ONNX] if target.backend == "tensorrt" else [])]

@@ -37,11 +37,6 @@ def lower(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
     return out
 
 
-def lowered_filename(target_tag: str) -> str:
-    """lowered/<tag with '/' replaced by '_'>.onnx (docs/contracts.md)."""
-    return target_tag.replace("/", "_") + ".onnx"
-
-
 def custom_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Nodes of the main graph in our domain."""
     return [node for node in model.graph.node if node.domain == DOMAIN]

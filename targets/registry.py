@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.layout import target_slug
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "registry"
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -86,7 +87,7 @@ class Target:
     @property
     def slug(self) -> str:
         """The tag as a file name: ``jetson/agx-orin-64gb`` -> ``jetson_agx-orin-64gb``."""
-        return self.tag.replace("/", "_")
+        return target_slug(self.tag)
 
     def source(self, field_name: str) -> str:
         """Where the value of ``field_name`` comes from ("" if unsourced)."""

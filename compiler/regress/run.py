@@ -33,6 +33,7 @@ from sparsefuse.compiler.regress.gate import GateConfig, LatencyVerdict, compare
 from sparsefuse.compiler.regress.measure import MeasureConfig, load_cpu_model, make_feeds, measure_models
 from sparsefuse.compiler.regress.samples import LatencySamples, read_json, samples_from_json
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.layout import lowered_rel
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def resolve_model(path: Path, target: str | None) -> tuple[Path, Any]:
     if record is None:
         raise SparsefuseError(f"{path} is a folder but not a compile directory", "pass an ONNX file or OUT")
     tag = target or record.get("config", {}).get("target") or "cpu"
-    onnx_path = path / "lowered" / f"{tag.replace('/', '_')}.onnx"
+    onnx_path = path / lowered_rel(tag)
     if not onnx_path.is_file():
         raise SparsefuseError(
             f"{path} has no lowered model for target {tag}", "compile for it, or pass --onnx"

@@ -9,7 +9,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from sparsefuse.passes.lower import custom_nodes, lower, lowered_filename, runnable
+from sparsefuse.layout import engine_rel, lowered_rel
+from sparsefuse.passes.lower import custom_nodes, lower, runnable
 from sparsefuse.passes.manager import Pass, PassContext, run_pass
 from sparsefuse.plugins.common import DOMAIN
 from sparsefuse.plugins.scatter_dense import scatter_dense
@@ -59,10 +60,14 @@ def test_unknown_backend_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("tag", "name"), [("cpu", "cpu.onnx"), ("jetson/agx-orin-64gb", "jetson_agx-orin-64gb.onnx")]
+    ("tag", "lowered", "engine"),
+    [
+        ("cpu", "lowered/cpu.onnx", "engine/cpu"),
+        ("jetson/agx-orin-64gb", "lowered/jetson_agx-orin-64gb.onnx", "engine/jetson_agx-orin-64gb"),
+    ],
 )
-def test_lowered_filename(tag, name):
-    assert lowered_filename(tag) == name
+def test_artifact_layout_per_target(tag, lowered, engine):
+    assert (lowered_rel(tag), engine_rel(tag)) == (lowered, engine)
 
 
 def _two_convs_model() -> onnx.ModelProto:
