@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from sparsefuse.targets.profiler import cuda_median_ms
 
 
 def cumsum_pool(depth, feat, ranks_depth, ranks_feat, ranks_bev, bev_shape) -> torch.Tensor:
@@ -64,27 +64,12 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def time_cuda(fn: Callable[[], object], reps: int, warmup: int = 5) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` CUDA-event-timed runs."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
 
 def copy_bandwidth_gbps(reps: int, nbytes: int = 1 << 30) -> float:
     """Measured device-to-device copy bandwidth (read + write bytes per second, GB/s)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
-    ms = time_cuda(lambda: dst.copy_(src), reps)
+    ms = cuda_median_ms(lambda: dst.copy_(src), reps, warmup=5)
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
@@ -120,9 +105,12 @@ def measure(w: Workload, reps: int, bandwidth_gbps: float) -> dict:
     """One grid x dtype row: medians of ours / cumsum / index_add_, the floor, the ratios."""
     ranks = w.ranks
     args = (w.depth, w.feat, *ranks[:3], w.bev_shape)
-    ours = time_cuda(lambda: torch.ops.sparsefuse.bev_pool(w.depth, w.feat, *ranks, w.bev_shape), reps)
-    cumsum = time_cuda(lambda: cumsum_pool(*args), max(3, reps // 5))
-    index_add = time_cuda(lambda: index_add_pool(*args), max(3, reps // 5))
+    def ours_pool() -> torch.Tensor:
+        return torch.ops.sparsefuse.bev_pool(w.depth, w.feat, *ranks, w.bev_shape)
+
+    ours = cuda_median_ms(ours_pool, reps, warmup=5)
+    cumsum = cuda_median_ms(lambda: cumsum_pool(*args), max(3, reps // 5), warmup=5)
+    index_add = cuda_median_ms(lambda: index_add_pool(*args), max(3, reps // 5), warmup=5)
     grid = w.bev_shape[1] * w.bev_shape[2]
     moved = bytes_moved(w.depth.numel(), w.feat.numel(), ranks[0].numel(), ranks[3].numel(),
                         w.feat.shape[-1] * grid, w.feat.element_size())

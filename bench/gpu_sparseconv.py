@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from sparsefuse.targets.profiler import cuda_median_ms
+
 GRID = (41, 1440, 1440)  # (Z, Y, X) of the SECOND input (40 voxel slices + 1)
 TUNE_EPSILON = (0.0, 0.2, 0.4, 0.6, 1.0)
 TUNE_THRESHOLD = (0, 4096, 16384, 1 << 30)
@@ -100,21 +102,6 @@ def synthetic_voxels(num_voxels: int, seed: int) -> torch.Tensor:
     return coords.contiguous()
 
 
-def median_ms(fn, reps: int, warmup: int = 3) -> float:
-    """Median milliseconds of ``fn`` over ``reps`` CUDA-event-timed runs."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
-
 
 def run(num_voxels: int, reps: int, tune: bool, seed: int = 0) -> dict:
     import sparsefuse.plugins.cuda as sfcuda
@@ -152,23 +139,23 @@ def measure_layer(layer: Layer, crd: torch.Tensor, gen: torch.Generator, reps: i
 
     sfcuda.set_tuning(algo="gather_gemm_scatter", epsilon=0.4, threshold=8192)
     row = {**asdict(layer), "active_in": int(crd.shape[0]), "shape": shape,
-           "ours_fp16_ms": median_ms(ours(torch.float16), reps),
-           "ours_fp32_ms": median_ms(ours(torch.float32), reps)}
+           "ours_fp16_ms": cuda_median_ms(ours(torch.float16), reps),
+           "ours_fp32_ms": cuda_median_ms(ours(torch.float32), reps)}
     sfcuda.set_tuning(algo="implicit_gemm")
-    row["ours_implicit_fp16_ms"] = median_ms(ours(torch.float16), reps)
-    row["ours_implicit_fp32_ms"] = median_ms(ours(torch.float32), reps)
+    row["ours_implicit_fp16_ms"] = cuda_median_ms(ours(torch.float16), reps)
+    row["ours_implicit_fp32_ms"] = cuda_median_ms(ours(torch.float32), reps)
     sfcuda.set_tuning(algo="gather_gemm_scatter")
     if tune:
         best = None
         for eps in TUNE_EPSILON:
             for threshold in TUNE_THRESHOLD:
                 sfcuda.set_tuning(epsilon=eps, threshold=threshold)
-                candidate = (median_ms(ours(torch.float16), max(3, reps // 4)), eps, threshold)
+                candidate = (cuda_median_ms(ours(torch.float16), max(3, reps // 4)), eps, threshold)
                 best = candidate if best is None else min(best, candidate)
         row["tuned_fp16_ms"], row["tuned_epsilon"], row["tuned_threshold"] = best
         sfcuda.set_tuning(epsilon=0.4, threshold=8192)
     half_f, half_w = feats.half(), weight.half()
-    row["torch_gather_mm_scatter_fp16_ms"] = median_ms(
+    row["torch_gather_mm_scatter_fp16_ms"] = cuda_median_ms(
         lambda: torch_gather_mm_scatter(half_f, crd, half_w, layer, shape), max(3, reps // 4))
     row["spconv_triton_fp16_ms"] = (spconv_triton_ms(feats, crd, weight, layer, shape, reps)
                                     if have_triton else None)
@@ -190,7 +177,7 @@ def spconv_triton_ms(feats, coords, weight, layer: Layer, shape, reps: int) -> f
         conv.weight.copy_(weight.half())
     x = spconv.SparseConvTensor(feats.half(), coords, shape, 1)
     with torch.no_grad():
-        return median_ms(lambda: conv(x), reps)
+        return cuda_median_ms(lambda: conv(x), reps)
 
 
 def dense_ms(layer: Layer, shape: list[int], reps: int, limit_bytes: int = 8 << 30) -> float | None:
@@ -202,7 +189,7 @@ def dense_ms(layer: Layer, shape: list[int], reps: int, limit_bytes: int = 8 << 
     conv = conv.cuda().half()
     with torch.no_grad():
         try:
-            return median_ms(lambda: conv(x), max(3, reps // 4))
+            return cuda_median_ms(lambda: conv(x), max(3, reps // 4))
         except torch.OutOfMemoryError:
             return None
 

@@ -201,6 +201,24 @@ def points_per_frame(
     )
 
 
+def cuda_median_ms(fn: Callable[[], object], reps: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` runs, each timed with CUDA events (needs a GPU)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (Linux ``clear_refs`` 5); False where unsupported."""
     try:

@@ -4,7 +4,7 @@
 
 #include "../cuda_common.cuh"
 #include "kernels.h"
-#include "wmma_tile.cuh"
+#include "gemm_tile.cuh"
 
 namespace {
 
@@ -94,19 +94,7 @@ __global__ void __launch_bounds__(256) gemm_simt(GemmBatch<T> batch, int cin, in
       bs[c][r] = (go < cout && gc < cin) ? sf::to_float(w[go * ldw + gc]) : 0.f;
     }
     __syncthreads();
-#pragma unroll
-    for (int c = 0; c < BK; ++c) {
-      float av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        av[i] = as[c][tr * 4 + i];
-        bv[i] = bs[c][tc * 4 + i];
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-    }
+    sf_simt::fma_k_block<BK, kBM + 4>(acc, as, bs, tr, tc);
     __syncthreads();
   }
   T* cptr = batch.c[b];

@@ -1,8 +1,10 @@
-// The tensor-core core shared by the gather-GEMM (kernels_gemm.cu) and implicit-GEMM
-// (kernels_implicit.cu) paths: a 64x64 output tile computed by 4 warps, each owning a 32x32
-// quadrant (wm, wn) as 2x2 WMMA 16x16x16 fragments, fp16 inputs with fp32 accumulation.
-// Operands are staged in shared memory: A row-major [64][LDS], B (= W, [Cout][Cin]) as
-// column-major K x N, i.e. [64][LDS] rows of output channels.
+// The GEMM tile cores shared by the gather-GEMM (kernels_gemm.cu) and implicit-GEMM
+// (kernels_implicit.cu) paths, both computing a 64x64 output tile per block.
+// - fp16 tensor cores (namespace sf_wmma): 4 warps, each owning a 32x32 quadrant (wm, wn) as 2x2
+//   WMMA 16x16x16 fragments with fp32 accumulation. Operands staged in shared memory: A row-major
+//   [64][LDS], B (= W, [Cout][Cin]) as column-major K x N, i.e. [64][LDS] rows of output channels.
+// - fp32 SIMT (sf_simt): 256 threads, each owning 4x4 outputs (tr, tc); operands staged
+//   K-major: as[BK][>=64], bs[BK][>=64].
 #pragma once
 
 #include <cuda_fp16.h>
@@ -51,3 +53,26 @@ __device__ __forceinline__ void store(float* cs, const Acc (&acc)[2][2], int wm,
 }
 
 }  // namespace sf_wmma
+
+namespace sf_simt {
+
+// acc[4][4] += A[tr*4 .. +4, 0:BK] * B[0:BK, tc*4 .. +4] for one staged K block.
+template <int BK, int LD>
+__device__ __forceinline__ void fma_k_block(float (&acc)[4][4], const float (*as)[LD], const float (*bs)[LD],
+                                            int tr, int tc) {
+#pragma unroll
+  for (int c = 0; c < BK; ++c) {
+    float av[4], bv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      av[i] = as[c][tr * 4 + i];
+      bv[i] = bs[c][tc * 4 + i];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+  }
+}
+
+}  // namespace sf_simt
