@@ -32,6 +32,19 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// One vector load of N elements at `src` where `ok`, else N zeros (tile edges, missing rows).
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> load_or_zero(const T* src, bool ok, T zero) {
+  Pack<T, N> out;
+  if (ok) {
+    out = *reinterpret_cast<const Pack<T, N>*>(src);
+  } else {
+#pragma unroll
+    for (int t = 0; t < N; ++t) out.v[t] = zero;
+  }
+  return out;
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Largest vector width (in elements, a power of two up to 16 bytes) that divides `channels` and

@@ -139,20 +139,9 @@ __global__ void __launch_bounds__(128) gemm_wmma(GemmBatch<__half> batch, int ci
         const int r = e / (BK / 8), c = (e % (BK / 8)) * 8;
         const int64_t gr = row0 + r;
         const int gc = kk + c;
-        P va, vb;
-        if (gr < rows && gc < cin) {
-          va = *reinterpret_cast<const P*>(a + gr * cin + gc);
-        } else {
-#pragma unroll
-          for (int t = 0; t < 8; ++t) va.v[t] = zero;
-        }
+        const P va = sf::load_or_zero<__half, 8>(a + gr * cin + gc, gr < rows && gc < cin, zero);
         const int go = col0 + r;
-        if (go < cout && gc < cin) {
-          vb = *reinterpret_cast<const P*>(w + go * ldw + gc);
-        } else {
-#pragma unroll
-          for (int t = 0; t < 8; ++t) vb.v[t] = zero;
-        }
+        const P vb = sf::load_or_zero<__half, 8>(w + go * ldw + gc, go < cout && gc < cin, zero);
         *reinterpret_cast<P*>(as + r * LDS + c) = va;
         *reinterpret_cast<P*>(bs + r * LDS + c) = vb;
       }

@@ -55,20 +55,9 @@ __global__ void __launch_bounds__(128) implicit_wmma(const __half* __restrict__ 
           const int r = e / (BK / 8), c = (e % (BK / 8)) * 8;
           const int gc = kk + c;
           const int32_t j = rows[r];
-          P va, vb;
-          if (j >= 0 && gc < cin) {
-            va = *reinterpret_cast<const P*>(x + static_cast<int64_t>(j) * cin + gc);
-          } else {
-#pragma unroll
-            for (int t = 0; t < 8; ++t) va.v[t] = zero;
-          }
+          const P va = sf::load_or_zero<__half, 8>(x + static_cast<int64_t>(j) * cin + gc, j >= 0 && gc < cin, zero);
           const int go = col0 + r;
-          if (go < cout && gc < cin) {
-            vb = *reinterpret_cast<const P*>(wk + go * ldw + gc);
-          } else {
-#pragma unroll
-            for (int t = 0; t < 8; ++t) vb.v[t] = zero;
-          }
+          const P vb = sf::load_or_zero<__half, 8>(wk + go * ldw + gc, go < cout && gc < cin, zero);
           *reinterpret_cast<P*>(as + r * LDS + c) = va;
           *reinterpret_cast<P*>(bs + r * LDS + c) = vb;
         }
