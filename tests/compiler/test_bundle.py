@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from signing_keys import keypair
 
 from sparsefuse.compiler import bundle
 from sparsefuse.compiler.bundle import BundleError
@@ -30,21 +30,6 @@ def make_tree(root: Path) -> Path:
     (root / bundle.MANIFEST).write_bytes(bundle.json_bytes(manifest))
     return root
 
-
-def keypair(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    priv, pub = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv, pub
 
 
 def test_npz_bytes_are_deterministic_and_loadable(tmp_path):

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from onnx import TensorProto, helper
+from signing_keys import keypair
 
 from sparsefuse.compiler import bundle
 from sparsefuse.compiler.cli import main
@@ -132,21 +131,6 @@ def make_out(root: Path, golden_scale: float = 1.0) -> Path:
 def out_dir(tmp_path_factory) -> Path:
     return make_out(tmp_path_factory.mktemp("out") / "OUT")
 
-
-def keypair(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    priv, pub = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv, pub
 
 
 def handoff(out: Path, dest: Path, *extra: str) -> int:
