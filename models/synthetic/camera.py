@@ -11,7 +11,7 @@ import numpy as np
 
 from sparsefuse.models.rig import Camera, Rig
 from sparsefuse.models.synthetic.raycast import GROUND, NOTHING, Hits, cast
-from sparsefuse.models.synthetic.scene import GRASS, MARKING, ROAD, SIDEWALK, Scene, ground_material
+from sparsefuse.models.synthetic.scene import CLUTTER, GRASS, MARKING, ROAD, SIDEWALK, Scene, ground_material
 
 _GROUND_RGB = {
     GRASS: (0.24, 0.42, 0.18),
@@ -83,6 +83,9 @@ def _box_colour(scene: Scene, ids: np.ndarray, local: np.ndarray) -> tuple[np.nd
     albedo[truck & ~cargo & (hz > 0.6) & (hz < 0.85)] = _GLASS
     albedo[ped & (hz > 0.86)] = _SKIN
     albedo[ped & (hz < 0.47)] = _TROUSERS
+    clutter = labels == CLUTTER  # mottled (foliage, grime, rust) instead of smooth paint
+    cell = np.floor(local[clutter] / 0.25)
+    albedo[clutter] *= (0.6 + 0.8 * _hash01(cell[:, 0] + 7 * cell[:, 1], cell[:, 2]))[:, None]
     stripes = barrier & (np.mod(local[:, 0], 0.6) < 0.3) & (hz > 0.45)
     albedo[stripes] = (0.95, 0.95, 0.95)
     lamp = (car | truck) & (np.abs(hz - 0.35) < 0.07) & (np.abs(np.abs(hy) - 0.35) < 0.12)

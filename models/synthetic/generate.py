@@ -3,7 +3,7 @@
 Frame dict (docs/contracts.md "Frames", plus labels):
 - ``images`` [Ncam, 3, H, W] f32 in [0, 1] (multiples of 1/255); ``points`` [P, 4] f32 (x, y, z, intensity);
 - ``gt_boxes`` [N, 7] f32 (x, y, z, w, l, h, yaw), ``gt_labels`` [N] i64 (CLASS_NAMES),
-  only objects inside the BEV grid that at least one sensor sees;
+  only labelled objects (not clutter) inside the BEV grid that at least one sensor sees;
 - ``seg_masks`` [5, Y, X] u8 (SEG_CLASSES) on the label grid; ``night`` bool; ``seed`` i64.
 """
 
@@ -17,7 +17,7 @@ from sparsefuse.models.rig import Rig
 from sparsefuse.models.synthetic.camera import render_cameras
 from sparsefuse.models.synthetic.labels import BevGrid, seg_masks
 from sparsefuse.models.synthetic.lidar import LidarConfig, simulate_lidar
-from sparsefuse.models.synthetic.scene import Scene, sample_lighting, sample_scene
+from sparsefuse.models.synthetic.scene import CLUTTER, Scene, sample_lighting, sample_scene
 
 MIN_LIDAR_POINTS = 1  # an object is labelled when it has this many LiDAR points ...
 MIN_CAMERA_SUBPIXELS = 4  # ... or covers this many camera sub-pixels
@@ -56,7 +56,8 @@ def make_frame(
     images, visible = render_cameras(scene, rig, config.supersample, np.random.default_rng([seed, 2]))
     lidar_count = np.bincount(point_ids[point_ids >= 0], minlength=len(scene.labels))
     seen = (lidar_count >= MIN_LIDAR_POINTS) | (visible >= MIN_CAMERA_SUBPIXELS)
-    keep = seen & grid.contains(scene.boxes[:, :2]) if len(scene.labels) else seen
+    keep = seen & (scene.labels != CLUTTER)
+    keep = keep & grid.contains(scene.boxes[:, :2]) if len(scene.labels) else keep
     boxes, labels = scene.boxes[keep], scene.labels[keep]
     return {
         "images": images,

@@ -29,7 +29,6 @@ class LidarConfig:
 # Ground materials return nearly alike (incidence angle dominates), so the drivable area is mostly
 # a camera cue; paint is only faintly brighter.
 _GROUND_REFLECTIVITY = {GRASS: 0.10, ROAD: 0.08, SIDEWALK: 0.11, MARKING: 0.2}
-_CLASS_REFLECTIVITY = np.array([0.35, 0.45, 0.2, 0.75])  # car, truck, pedestrian, barrier (retroreflective)
 
 
 def beam_directions(config: LidarConfig, phase: float) -> np.ndarray:
@@ -59,7 +58,7 @@ def simulate_lidar(
     reflect[on_ground] = (
         np.vectorize(_GROUND_REFLECTIVITY.__getitem__, otypes=[float])(mat) if mat.size else 0.0
     )
-    reflect[~on_ground] = _CLASS_REFLECTIVITY[scene.labels[ids[~on_ground]]]
+    reflect[~on_ground] = scene.reflectivity[ids[~on_ground]]
     cos_inc = np.abs(np.sum(normal * d, axis=1))
     intensity = reflect * (0.3 + 0.7 * cos_inc) * (1.0 + 0.1 * rng.standard_normal(t.shape))
     noisy_t = t + config.range_noise * rng.standard_normal(t.shape)

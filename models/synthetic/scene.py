@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = ("car", "truck", "pedestrian", "barrier")
+# Unlabelled street furniture (bins, bollards, utility boxes; hedges, skips, kiosks). Clutter copies the
+# size, placement and LiDAR reflectivity of a labelled class, so LiDAR geometry alone cannot tell it
+# from a pedestrian or a parked car; only its look in the cameras can (the LiDAR false-positive problem).
+CLUTTER = len(CLASS_NAMES)
 SEG_CLASSES: tuple[str, ...] = ("drivable", "car", "truck", "pedestrian", "barrier")
 # Ground materials, used by the camera (colour), the LiDAR (intensity) and the labels (drivable).
 GRASS, ROAD, SIDEWALK, MARKING = 0, 1, 2, 3
@@ -24,6 +28,10 @@ _SIZES = {
     2: ((0.65, 0.7, 1.75), 0.08),
     3: ((0.5, 2.2, 1.0), 0.1),
 }
+# Proposal kinds beyond the labelled classes; each becomes CLUTTER shaped like its look-alike class.
+_SMALL_CLUTTER, _LARGE_CLUTTER = CLUTTER, CLUTTER + 1
+_LOOK_ALIKE = {_SMALL_CLUTTER: 2, _LARGE_CLUTTER: 0}
+_REFLECTIVITY = (0.35, 0.45, 0.2, 0.75)  # car, truck, pedestrian, barrier (retroreflective)
 _EGO_HALF = (3.0, 1.4)  # half length, half width of the ego keep-out zone, m
 _SCENE_EXTENT = 55.0  # objects are placed within |x|, |y| <= this, m
 
@@ -67,8 +75,9 @@ class Scene:
     seed: int
     roads: tuple[Road, ...]
     boxes: np.ndarray  # [N, 7] float64 (x, y, z, w, l, h, yaw)
-    labels: np.ndarray  # [N] int64 index into CLASS_NAMES
+    labels: np.ndarray  # [N] int64 index into CLASS_NAMES, or CLUTTER (never labelled)
     colors: np.ndarray  # [N, 3] float64 body colour in [0, 1]
+    reflectivity: np.ndarray  # [N] float64 LiDAR reflectivity of the body
     lighting: Lighting
 
 
@@ -208,6 +217,14 @@ def _candidates(rng: np.random.Generator, roads: tuple[Road, ...]) -> list[tuple
                 side = rng.choice([-1.0, 1.0])
                 t = side * (hw + float(rng.uniform(0.4, max(0.5, road.sidewalk - 0.4))))
             out.append((2, *road.world(s, t), float(rng.uniform(-math.pi, math.pi))))
+        for _ in range(rng.poisson(6.0 * scale)):  # pedestrian-sized clutter on the sidewalks
+            side = rng.choice([-1.0, 1.0])
+            t = side * (hw + float(rng.uniform(0.4, max(0.5, road.sidewalk - 0.4))))
+            out.append((_SMALL_CLUTTER, *road.world(along(), t), float(rng.uniform(-math.pi, math.pi))))
+        for _ in range(rng.poisson(2.5 * scale)):  # car-sized clutter at the kerb, where cars park
+            side = rng.choice([-1.0, 1.0])
+            yaw = road.heading + (math.pi if side > 0 else 0.0) + float(rng.normal(0, 0.05))
+            out.append((_LARGE_CLUTTER, *road.world(along(), side * (hw - 1.2)), yaw))
         for _ in range(rng.poisson(0.8 * scale)):  # a run of barriers along a road edge
             s0, side = along(), rng.choice([-1.0, 1.0])
             t = side * (hw + float(rng.choice([-0.4, 0.3])))
@@ -217,8 +234,15 @@ def _candidates(rng: np.random.Generator, roads: tuple[Road, ...]) -> list[tuple
 
 
 def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
-    """Body colour: cars vary widely, trucks lean to white/blue, pedestrians' clothes; barriers red."""
-    if cls == 0:
+    """Body colour: cars vary widely, trucks lean to white/blue, pedestrians' clothes; barriers red;
+    clutter in street-furniture paints (bins and utility boxes; hedges and rusty skips)."""
+    if cls == _SMALL_CLUTTER:
+        palette = np.array([[0.12, 0.3, 0.16], [0.45, 0.47, 0.5], [0.3, 0.3, 0.3]])
+        base = palette[rng.integers(0, len(palette))]
+    elif cls == _LARGE_CLUTTER:
+        palette = np.array([[0.18, 0.42, 0.12], [0.14, 0.33, 0.1], [0.5, 0.25, 0.1]])
+        base = palette[rng.integers(0, len(palette))]
+    elif cls == 0:
         palette = np.array(
             [
                 [0.8, 0.1, 0.1],
@@ -272,10 +296,12 @@ def sample_scene(seed: int, night_prob: float = 0.25) -> Scene:
         ]
     )
     placed: list[np.ndarray] = [ego]
-    boxes, labels, colors = [], [], []
-    for cls, x, y, yaw in _candidates(rng, roads):
-        w, l, h = _size(rng, cls)
-        color = _color(rng, cls)
+    boxes, labels, colors, reflectivity = [], [], [], []
+    for kind, x, y, yaw in _candidates(rng, roads):
+        look_alike = _LOOK_ALIKE.get(kind, kind)
+        w, l, h = _size(rng, look_alike)
+        color = _color(rng, kind)
+        reflect = _REFLECTIVITY[look_alike] * float(np.clip(1.0 + 0.1 * rng.standard_normal(), 0.7, 1.3))
         if max(abs(x), abs(y)) > _SCENE_EXTENT:
             continue
         box = np.array([x, y, h / 2, w, l, h, math.atan2(math.sin(yaw), math.cos(yaw))])
@@ -285,13 +311,15 @@ def sample_scene(seed: int, night_prob: float = 0.25) -> Scene:
             continue
         placed.append(quad)
         boxes.append(box)
-        labels.append(cls)
+        labels.append(min(kind, CLUTTER))
         colors.append(color)
+        reflectivity.append(reflect)
     return Scene(
         seed=seed,
         roads=roads,
         boxes=np.asarray(boxes, np.float64).reshape(-1, 7),
         labels=np.asarray(labels, np.int64),
         colors=np.asarray(colors, np.float64).reshape(-1, 3),
+        reflectivity=np.asarray(reflectivity, np.float64),
         lighting=lighting,
     )

@@ -24,6 +24,7 @@ from sparsefuse.models.synthetic.dataset import load_frames, save_frames
 from sparsefuse.models.synthetic.lidar import LidarConfig, simulate_lidar
 from sparsefuse.models.synthetic.raycast import GROUND, cast
 from sparsefuse.models.synthetic.scene import (
+    CLUTTER,
     MARKING,
     ROAD,
     SIDEWALK,
@@ -94,10 +95,10 @@ def test_point_count_varies_per_frame(rig):
 
 
 def test_scene_has_all_classes_plausibly_placed():
-    counts = np.zeros(4, int)
+    counts = np.zeros(5, int)  # four labelled classes, then clutter
     for seed in range(15):
         scene = sample_scene(seed)
-        counts += np.bincount(scene.labels, minlength=4)
+        counts += np.bincount(scene.labels, minlength=5)
         quads = box_corners_bev(scene.boxes)
         for i in range(len(quads)):  # no two objects overlap
             for j in range(i + 1, len(quads)):
@@ -112,9 +113,33 @@ def test_scene_has_all_classes_plausibly_placed():
             assert np.mean(np.isin(mat[cars], (ROAD, MARKING))) >= 0.8
         np.testing.assert_allclose(scene.boxes[:, 2], scene.boxes[:, 5] / 2)  # standing on the ground
     assert np.all(counts > 5), counts
-    sizes = {cls: sample_scene(3).boxes[sample_scene(3).labels == cls, 3:6] for cls in range(4)}
+    sizes = {cls: sample_scene(3).boxes[sample_scene(3).labels == cls, 3:6] for cls in range(5)}
     if len(sizes[0]):
         assert np.all((sizes[0][:, 1] > 3.0) & (sizes[0][:, 1] < 6.5))  # car length
+
+
+def test_clutter_looks_like_a_labelled_class_to_lidar_and_is_never_labelled(rig):
+    boxes, reflect = [], []
+    for seed in range(10):
+        scene = sample_scene(seed)
+        clutter = scene.labels == CLUTTER
+        boxes.append(scene.boxes[clutter])
+        reflect.append(scene.reflectivity[clutter])
+        assert len(scene.reflectivity) == len(scene.labels)
+    boxes, reflect = np.concatenate(boxes), np.concatenate(reflect)
+    assert len(boxes) > 20
+    small = boxes[:, 4] < 1.5  # pedestrian look-alikes (0.7 m long) vs car look-alikes (4.6 m)
+    assert small.any() and (~small).any()
+    # LiDAR cannot separate them by size or intensity: each copies its look-alike's distribution
+    assert abs(np.median(boxes[small, 5]) - 1.75) < 0.15
+    assert abs(np.median(boxes[~small, 4]) - 4.6) < 0.4
+    assert abs(np.median(reflect[small]) - 0.2) < 0.03 and abs(np.median(reflect[~small]) - 0.35) < 0.05
+    for seed in range(3):  # frames never label clutter: every gt box matches a labelled scene object
+        scene, frame = make_scene(seed, SyntheticConfig()), make_frame(seed, rig)
+        labelled = scene.boxes[scene.labels != CLUTTER]
+        for box in frame["gt_boxes"].astype(np.float64):
+            assert np.min(np.linalg.norm(labelled[:, :2] - box[:2], axis=1)) < 1e-3
+        assert np.all(frame["gt_labels"] < CLUTTER)
 
 
 def test_box_corner_projects_to_the_right_pixel(rig):
