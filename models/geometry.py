@@ -92,3 +92,31 @@ def camera_bev_ranks(rig: Rig, stride: int, subdivision: int = 1) -> BevPoolRank
             "resize the rig to the network input size with Rig.resized(H, W)",
         )
     return precompute_ranks(frustum_bev_cells(rig, stride, subdivision))
+
+
+def depth_bin_targets(points: np.ndarray, rig: Rig, stride: int) -> np.ndarray:
+    """LiDAR depth supervision for the LSS depth net (BEVDepth): int64 [Ncam, H', W'] depth bin of
+    the nearest ego point [P, >=3] (m) seen through each feature pixel's block, -1 where none.
+
+    Depth is camera z, binned to the nearest of ``rig.depth_bins``; points beyond the bins' reach
+    (half a step past either end) give no target.
+    """
+    dmin, _, step = rig.depth_range
+    xyz = np.asarray(points, np.float64)[:, :3]
+    out = []
+    for cam in rig.cameras:
+        feat_h, feat_w = feature_size(cam.image_size, stride)
+        target = np.full(feat_h * feat_w, np.inf)
+        ego_to_cam = np.linalg.inv(cam.T_cam_to_ego)
+        cam_pts = xyz @ ego_to_cam[:3, :3].T + ego_to_cam[:3, 3]
+        z = cam_pts[:, 2]
+        front = z > 1e-3
+        uvw = cam_pts[front] @ cam.K.T
+        u = np.floor(uvw[:, 0] / uvw[:, 2] / stride).astype(np.int64)
+        v = np.floor(uvw[:, 1] / uvw[:, 2] / stride).astype(np.int64)
+        inside = (u >= 0) & (u < feat_w) & (v >= 0) & (v < feat_h)
+        np.minimum.at(target, v[inside] * feat_w + u[inside], z[front][inside])
+        bins = np.round((target - dmin) / step)
+        valid = np.isfinite(bins) & (bins >= 0) & (bins < rig.num_depth_bins)
+        out.append(np.where(valid, bins, -1).astype(np.int64).reshape(feat_h, feat_w))
+    return np.stack(out)

@@ -1,4 +1,5 @@
-"""Training losses: BCE for BEV segmentation, CenterPoint focal loss for the heatmap, L1 for boxes."""
+"""Training losses: BCE for BEV segmentation, CenterPoint focal loss for the heatmap, L1 for boxes,
+and (optional) cross-entropy of the LSS depth against LiDAR depth bins (BEVDepth)."""
 
 from __future__ import annotations
 
@@ -47,17 +48,32 @@ def box_loss(
     return diff.sum() / m.sum().clamp(min=1.0)
 
 
+def depth_loss(depth_prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of depth_prob [Ncam, D, H, W] (softmax over D) at the target
+    bins [Ncam, H, W] (int64, -1 = no LiDAR point there, ignored); 0 when no pixel has a target."""
+    valid = target >= 0
+    if not bool(valid.any()):
+        return depth_prob.sum() * 0.0
+    picked = depth_prob.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)[valid]
+    return -torch.log(picked.clamp(min=1e-6)).mean()
+
+
 @dataclass(frozen=True)
 class LossWeights:
     seg: float = 1.0
     heatmap: float = 1.0
     box: float = 0.25
+    depth: float = 1.0  # only applies when the targets carry "depth" and the camera depth is given
 
 
 def total_loss(
-    outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor], weights: LossWeights = LossWeights()
+    outputs: tuple[torch.Tensor, ...],
+    targets: dict[str, torch.Tensor],
+    weights: LossWeights = LossWeights(),
+    depth_prob: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum over (seg_logits, heatmap, boxes); targets: seg_masks, heatmap, boxes, box_mask.
+    With ``depth_prob`` [Ncam, D, H, W] and ``targets["depth"]`` the depth loss is added too.
 
     Returns (loss, {name: value}) for logging.
     """
@@ -68,4 +84,7 @@ def total_loss(
         "box": box_loss(boxes, targets["boxes"], targets["box_mask"]),
     }
     loss = weights.seg * parts["seg"] + weights.heatmap * parts["heatmap"] + weights.box * parts["box"]
+    if depth_prob is not None and "depth" in targets and weights.depth > 0:
+        parts["depth"] = depth_loss(depth_prob, targets["depth"])
+        loss = loss + weights.depth * parts["depth"]
     return loss, {k: float(v.detach()) for k, v in parts.items()}

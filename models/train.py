@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class TrainConfig:
     drop_lidar: float = 0.15  # probability a step sees no LiDAR points
     grad_clip: float = 5.0
     log_every: int = 25
+    depth_weight: float = 1.0  # LiDAR depth supervision of the camera depth net (BEVDepth); 0 = off
 
 
 # ---------------------------------------------------------------- data plumbing
@@ -61,6 +63,66 @@ def frame_targets(frame: Frame, grid: BevGrid) -> dict[str, torch.Tensor]:
         "boxes": torch.from_numpy(det.boxes),
         "box_mask": torch.from_numpy(det.mask),
     }
+
+
+def depth_supervision(model: nn.Module) -> tuple[nn.Module, int] | None:
+    """(LSS depth net, camera feature stride) of a reference model, or None for a model without one."""
+    depth_net = getattr(getattr(model, "camera", None), "depth_net", None)
+    if depth_net is None or not hasattr(model, "preset_name"):
+        return None
+    from sparsefuse.models.presets import get_preset
+
+    return depth_net, get_preset(model.preset_name).feature_stride
+
+
+def depth_target(frame: Frame, model: nn.Module) -> torch.Tensor | None:
+    """Depth-bin target [Ncam, H', W'] of ``frame``'s LiDAR for ``model``'s depth net (or None)."""
+    found = depth_supervision(model)
+    if found is None:
+        return None
+    from sparsefuse.models.geometry import depth_bin_targets
+
+    return torch.from_numpy(depth_bin_targets(np.asarray(frame["points"]), model.rig, found[1]))
+
+
+@contextmanager
+def captured_depth(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the depth softmax [Ncam, D, H', W'] of the forward passes run inside the block."""
+    store: dict[str, torch.Tensor] = {}
+    found = depth_supervision(model)
+    if found is None:
+        yield store
+        return
+
+    def hook(module: nn.Module, args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        store["depth"] = output[0]
+
+    handle = found[0].register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def step_loss(
+    model: nn.Module,
+    frame: Frame,
+    targets: dict[str, torch.Tensor],
+    mode: str = "full",
+    depth_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Training loss of one frame in ``mode``; adds ``depth_weight`` x the depth loss when ``targets``
+    has "depth" and the cameras are not blanked (a blank image has no depth to learn)."""
+    with captured_depth(model) as seen:
+        outputs = model(*sensor_inputs(frame, mode))
+    depth = seen.get("depth") if mode != "lidar_only" else None
+    return losses.total_loss(outputs, targets, losses.LossWeights(depth=depth_weight), depth)
+
+
+def _with_depth(targets: dict[str, torch.Tensor], frame: Frame, model: nn.Module, weight: float) -> dict:
+    """``targets`` plus the depth target when ``weight`` > 0 and the model has a depth net."""
+    depth = depth_target(frame, model) if weight > 0 else None
+    return targets if depth is None else {**targets, "depth": depth}
 
 
 def synthetic_frames(
@@ -122,9 +184,9 @@ def train(
             else ("camera_only" if roll < config.drop_camera + config.drop_lidar else "full")
         )
         if idx not in targets:
-            targets[idx] = frame_targets(frames[idx], grid)
-        images, points = sensor_inputs(frames[idx], mode)
-        loss, parts = losses.total_loss(model(images, points), targets[idx])
+            frame = frames[idx]
+            targets[idx] = _with_depth(frame_targets(frame, grid), frame, model, config.depth_weight)
+        loss, parts = step_loss(model, frames[idx], targets[idx], mode, config.depth_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -133,7 +195,8 @@ def train(
         history.append({"loss": float(loss.detach()), **parts})
         if log and (step + 1) % config.log_every == 0:
             recent = history[-config.log_every :]
-            mean = {k: sum(h[k] for h in recent) / len(recent) for k in recent[0]}
+            keys = dict.fromkeys(k for h in recent for k in h)  # depth is absent on camera-blanked steps
+            mean = {k: float(np.mean([h[k] for h in recent if k in h])) for k in keys}
             log(
                 f"step {step + 1}/{config.steps} {time.perf_counter() - start:.0f}s "
                 + " ".join(f"{k}={v:.4f}" for k, v in mean.items())
@@ -209,8 +272,10 @@ def finetune(
     lr: float = 5e-4,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    depth_weight: float = 1.0,
 ) -> list[float]:
-    """Recover a pruned model (MMPrune4U Algorithm 1, recovery step): Adam on the training loss,
+    """Recover a pruned model (MMPrune4U Algorithm 1, recovery step): Adam on the training loss
+    (with the same LiDAR depth supervision as ``train``; ``depth_weight`` 0 turns it off),
     re-applying the frozen masks (True = keep) after every optimizer step, so pruned weights stay
     exactly zero. Frames are cycled in a seeded shuffled order. Returns the loss of each step.
     The model is left in eval mode.
@@ -221,14 +286,14 @@ def finetune(
     grid = model_grid(model)
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(frames)) for _ in range(math.ceil(steps / len(frames)))])
-    targets = [frame_targets(f, grid) for f in frames]
+    targets = [_with_depth(frame_targets(f, grid), f, model, depth_weight) for f in frames]
     apply_masks(model, masks)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     history = []
     for step in range(steps):
         idx = int(order[step])
-        loss, _ = losses.total_loss(model(*sensor_inputs(frames[idx])), targets[idx])
+        loss, _ = step_loss(model, frames[idx], targets[idx], depth_weight=depth_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -22,6 +22,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the init, order and dropout (default 0)")
     parser.add_argument("--drop-camera", type=float, default=0.15, help="P(blank cameras) per step")
     parser.add_argument("--drop-lidar", type=float, default=0.15, help="P(empty LiDAR) per step")
+    parser.add_argument("--depth-weight", type=float, default=1.0,
+                        help="weight of the LiDAR depth supervision of the camera depth net (0 = off)")
     parser.add_argument("--cache", default="runs/data", help="frame cache directory (default runs/data)")
     parser.add_argument("--workers", type=int, default=2, help="processes generating frames (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         load_checkpoint(model, args.init)
     config = TrainConfig(
-        steps=args.steps, lr=args.lr, seed=args.seed, drop_camera=args.drop_camera, drop_lidar=args.drop_lidar
+        steps=args.steps, lr=args.lr, seed=args.seed, drop_camera=args.drop_camera,
+        drop_lidar=args.drop_lidar, depth_weight=args.depth_weight,
     )
     t1 = time.perf_counter()
     history = train(model, frames, config, log=lambda line: print(line, flush=True))

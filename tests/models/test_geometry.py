@@ -15,6 +15,7 @@ from sparsefuse.errors import SparsefuseError
 from sparsefuse.models.geometry import (
     bev_cell_of,
     camera_bev_ranks,
+    depth_bin_targets,
     feature_size,
     frustum_bev_cells,
     frustum_points,
@@ -180,3 +181,27 @@ def test_mixed_image_sizes_rejected(tiny_rig):
     cams = (tiny_rig.cameras[0].resized(128, 352), *tiny_rig.cameras[1:])
     with pytest.raises(SparsefuseError, match="mixes camera image sizes"):
         camera_bev_ranks(replace(tiny_rig, cameras=cams), 8)
+
+
+def test_depth_bin_targets_hand_computed(tiny_rig):
+    cam = tiny_rig.cameras[0]  # CAM_FRONT: at (1.7, 0, 1.5) looking along +x, level
+    assert cam.name == "CAM_FRONT"
+    k = cam.K
+    stride = 8
+    dmin, _, step = tiny_rig.depth_range
+    # a point 19 m ahead on the optical axis: camera z 19 m -> bin round((19 - dmin) / step)
+    ahead = [1.7 + 19.0, 0.0, 1.5]
+    nearer = [1.7 + 10.0, 0.0, 1.5]  # same pixel block, nearer: the camera sees this one
+    behind = [1.7 - 19.0, 0.0, 1.5]
+    too_far = [1.7 + 200.0, 0.0, 1.5]
+    u, v = int(k[0, 2] // stride), int(k[1, 2] // stride)
+    got = depth_bin_targets(np.array([ahead, behind, too_far]), tiny_rig, stride)
+    assert got.shape == (len(tiny_rig.cameras), *feature_size(cam.image_size, stride))
+    assert got[0, v, u] == round((19.0 - dmin) / step)
+    assert np.count_nonzero(got[0] >= 0) == 1
+    # the point behind CAM_FRONT lies ahead of CAM_BACK (and nowhere else)
+    back = [i for i, c in enumerate(tiny_rig.cameras) if c.name == "CAM_BACK"][0]
+    assert np.count_nonzero(got >= 0) == 2 and np.count_nonzero(got[back] >= 0) == 1
+    got = depth_bin_targets(np.array([ahead, nearer]), tiny_rig, stride)
+    assert got[0, v, u] == round((10.0 - dmin) / step)
+    assert np.all(depth_bin_targets(np.zeros((0, 4)), tiny_rig, stride) == -1)

@@ -141,3 +141,35 @@ def test_box_loss_only_at_centres():
 def test_seg_loss_is_bce():
     logits = torch.zeros(1, 1, 2, 2)
     assert losses.seg_loss(logits, torch.ones(1, 2, 2)).item() == pytest.approx(math.log(2))
+
+
+def test_depth_loss_is_nll_at_the_target_bins_and_ignores_missing_pixels():
+    prob = torch.full((2, 4, 1, 3), 0.25)  # uniform over 4 bins
+    target = torch.tensor([[[0, -1, 3]], [[-1, -1, -1]]])
+    assert losses.depth_loss(prob, target).item() == pytest.approx(math.log(4))
+    sharp = torch.zeros(2, 4, 1, 3)
+    sharp[0, 0, 0, 0] = sharp[0, 3, 0, 2] = 1.0  # all mass on the right bins; wrong elsewhere is ignored
+    assert losses.depth_loss(sharp, target).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = torch.zeros(2, 4, 1, 3)
+    wrong[:, 1] = 1.0
+    assert losses.depth_loss(wrong, target).item() == pytest.approx(-math.log(1e-6))
+    empty = losses.depth_loss(prob.requires_grad_(), torch.full((2, 1, 3), -1))
+    assert empty.item() == 0.0
+    empty.backward()  # no target still gives a (zero) gradient, so a training step never breaks
+
+
+def test_total_loss_adds_the_weighted_depth_term_only_with_depth():
+    outputs = (torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.zeros(1, 8, 2, 2))
+    targets = {
+        "seg_masks": torch.ones(1, 2, 2),
+        "heatmap": torch.zeros(1, 2, 2),
+        "boxes": torch.zeros(8, 2, 2),
+        "box_mask": torch.zeros(2, 2),
+    }
+    base, parts = losses.total_loss(outputs, targets)
+    assert "depth" not in parts
+    prob, depth = torch.full((1, 4, 2, 2), 0.25), torch.zeros(1, 2, 2, dtype=torch.int64)
+    weights = losses.LossWeights(depth=2.0)
+    with_depth, parts = losses.total_loss(outputs, {**targets, "depth": depth}, weights, prob)
+    assert parts["depth"] == pytest.approx(math.log(4))
+    assert with_depth.item() == pytest.approx(base.item() + 2.0 * math.log(4))

@@ -12,11 +12,15 @@ from sparsefuse.models.presets import build_model, get_preset, preset_rig
 from sparsefuse.models.synthetic import make_frame
 from sparsefuse.models.train import (
     TrainConfig,
+    depth_target,
     evaluate,
     finetune,
+    frame_targets,
     load_checkpoint,
+    model_grid,
     save_checkpoint,
     sensor_inputs,
+    step_loss,
     train,
 )
 
@@ -114,6 +118,27 @@ def test_train_updates_weights_and_logs(rig, frames):
     history = train(model, frames, TrainConfig(steps=4, lr=1e-2, log_every=2))
     assert len(history) == 4 and {"loss", "seg", "heatmap", "box"} <= set(history[0])
     assert not torch.equal(before, model.head.weight)
+    assert "depth" not in history[0]  # no LSS depth net: no depth supervision
+
+
+def test_reference_model_trains_its_depth_net_on_lidar_depth(rig, frames):
+    target = depth_target(frames[0], build_model("bevfusion-tiny"))
+    assert target.shape == (6, 8, 22) and 0.2 < float((target >= 0).float().mean()) < 0.9
+    grid_targets = {**frame_targets(frames[0], model_grid(build_model("bevfusion-tiny"))), "depth": target}
+
+    def depth_after(depth_weight: float) -> tuple[float, list[dict]]:
+        model = build_model("bevfusion-tiny", seed=0)
+        config = TrainConfig(steps=6, lr=2e-3, drop_camera=0.0, drop_lidar=0.0, depth_weight=depth_weight)
+        history = train(model, frames[:1], config)
+        with torch.no_grad():
+            return step_loss(model, frames[0], grid_targets)[1]["depth"], history
+
+    supervised, history = depth_after(1.0)
+    unsupervised, off = depth_after(0.0)
+    assert all("depth" in h for h in history) and "depth" not in off[0]
+    assert supervised < 0.8 * unsupervised  # the LiDAR depth target is what teaches the depth net
+    blanked = train(build_model("bevfusion-tiny"), frames[:1], TrainConfig(steps=1, drop_camera=1.0))
+    assert "depth" not in blanked[0]  # blanked cameras carry no depth to learn
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path, rig):
