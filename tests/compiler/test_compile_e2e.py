@@ -135,12 +135,19 @@ def test_report_summarizes_the_compile(compiled):
 
 
 def test_polygraphy_command_reproduces_the_comparison(compiled):
-    command = _json(compiled / "verify.json")["polygraphy"]["command"]
+    commands = _json(compiled / "verify.json")["polygraphy"]["command"].split(" && ")
+    frames = _json(compiled / "verify.json")["frames"]
+    assert len(commands) == len(frames)  # one per frame: each frame has its own bounds (DESIGN §7)
     exe = Path(sys.executable).with_name("polygraphy")
-    args = [str(exe), *command.split()[1:]]
-    done = subprocess.run(args, cwd=compiled, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "PASSED" in done.stdout + done.stderr
+    for index, (command, frame) in enumerate(zip(commands, frames, strict=True)):
+        assert f"verify/frames/{index}_inputs.json" in command
+        for name, check in frame["outputs"].items():  # the printed bound is this frame's, never looser
+            assert f"{name}:" in command and check["tolerance"] * (1 - 1e-4) <= float(
+                command.split(f"{name}:")[1].split()[0]) <= check["tolerance"]
+        done = subprocess.run([str(exe), *command.split()[1:]], cwd=compiled, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "PASSED" in done.stdout + done.stderr
 
 
 def test_recompile_skips_unchanged_stages(compiled, tmp_path):
