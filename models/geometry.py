@@ -94,6 +94,32 @@ def camera_bev_ranks(rig: Rig, stride: int, subdivision: int = 1) -> BevPoolRank
     return precompute_ranks(frustum_bev_cells(rig, stride, subdivision))
 
 
+def nearest_points(points: np.ndarray, rig: Rig, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per camera feature pixel, the nearest ego point [P, >=3] (m) seen through its ``stride``-pixel
+    block: (index int64 [Ncam, H', W'], -1 where none; camera z [Ncam, H', W'] m, inf where none)."""
+    xyz = np.asarray(points, np.float64)[:, :3]
+    indices, depths = [], []
+    for cam in rig.cameras:
+        feat_h, feat_w = feature_size(cam.image_size, stride)
+        ego_to_cam = np.linalg.inv(cam.T_cam_to_ego)
+        cam_pts = xyz @ ego_to_cam[:3, :3].T + ego_to_cam[:3, 3]
+        front = np.flatnonzero(cam_pts[:, 2] > 1e-3)
+        z = cam_pts[front, 2]
+        uvw = cam_pts[front] @ cam.K.T
+        u = np.floor(uvw[:, 0] / z / stride).astype(np.int64)
+        v = np.floor(uvw[:, 1] / z / stride).astype(np.int64)
+        inside = (u >= 0) & (u < feat_w) & (v >= 0) & (v < feat_h)
+        pixel, z, point = v[inside] * feat_w + u[inside], z[inside], front[inside]
+        order = np.lexsort((z, pixel))  # by pixel, nearest first
+        first = order[np.r_[True, pixel[order][1:] != pixel[order][:-1]]] if len(order) else order
+        index = np.full(feat_h * feat_w, -1, np.int64)
+        depth = np.full(feat_h * feat_w, np.inf)
+        index[pixel[first]], depth[pixel[first]] = point[first], z[first]
+        indices.append(index.reshape(feat_h, feat_w))
+        depths.append(depth.reshape(feat_h, feat_w))
+    return np.stack(indices), np.stack(depths)
+
+
 def depth_bin_targets(points: np.ndarray, rig: Rig, stride: int) -> np.ndarray:
     """LiDAR depth supervision for the LSS depth net (BEVDepth): int64 [Ncam, H', W'] depth bin of
     the nearest ego point [P, >=3] (m) seen through each feature pixel's block, -1 where none.
@@ -102,21 +128,7 @@ def depth_bin_targets(points: np.ndarray, rig: Rig, stride: int) -> np.ndarray:
     (half a step past either end) give no target.
     """
     dmin, _, step = rig.depth_range
-    xyz = np.asarray(points, np.float64)[:, :3]
-    out = []
-    for cam in rig.cameras:
-        feat_h, feat_w = feature_size(cam.image_size, stride)
-        target = np.full(feat_h * feat_w, np.inf)
-        ego_to_cam = np.linalg.inv(cam.T_cam_to_ego)
-        cam_pts = xyz @ ego_to_cam[:3, :3].T + ego_to_cam[:3, 3]
-        z = cam_pts[:, 2]
-        front = z > 1e-3
-        uvw = cam_pts[front] @ cam.K.T
-        u = np.floor(uvw[:, 0] / uvw[:, 2] / stride).astype(np.int64)
-        v = np.floor(uvw[:, 1] / uvw[:, 2] / stride).astype(np.int64)
-        inside = (u >= 0) & (u < feat_w) & (v >= 0) & (v < feat_h)
-        np.minimum.at(target, v[inside] * feat_w + u[inside], z[front][inside])
-        bins = np.round((target - dmin) / step)
-        valid = np.isfinite(bins) & (bins >= 0) & (bins < rig.num_depth_bins)
-        out.append(np.where(valid, bins, -1).astype(np.int64).reshape(feat_h, feat_w))
-    return np.stack(out)
+    _, depth = nearest_points(points, rig, stride)
+    bins = np.round((depth - dmin) / step)
+    valid = np.isfinite(bins) & (bins >= 0) & (bins < rig.num_depth_bins)
+    return np.where(valid, bins, -1).astype(np.int64)

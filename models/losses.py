@@ -58,12 +58,23 @@ def depth_loss(depth_prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -torch.log(picked.clamp(min=1e-6)).mean()
 
 
+def semantic_loss(logits: torch.Tensor, target: torch.Tensor, background_weight: float = 0.2) -> torch.Tensor:
+    """Cross-entropy of per-pixel class logits [Ncam, K, H, W] against target [Ncam, H, W] (int64,
+    class 0 = background down-weighted by ``background_weight``, -1 = no label, ignored)."""
+    if not bool((target >= 0).any()):
+        return logits.sum() * 0.0
+    weight = torch.ones(logits.shape[1], dtype=logits.dtype)
+    weight[0] = background_weight
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=-1)
+
+
 @dataclass(frozen=True)
 class LossWeights:
     seg: float = 1.0
     heatmap: float = 1.0
     box: float = 0.25
     depth: float = 1.0  # only applies when the targets carry "depth" and the camera depth is given
+    semantic: float = 0.0  # only with targets["semantic"] and the auxiliary semantic logits
 
 
 def total_loss(
@@ -71,9 +82,11 @@ def total_loss(
     targets: dict[str, torch.Tensor],
     weights: LossWeights = LossWeights(),
     depth_prob: torch.Tensor | None = None,
+    semantic_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum over (seg_logits, heatmap, boxes); targets: seg_masks, heatmap, boxes, box_mask.
-    With ``depth_prob`` [Ncam, D, H, W] and ``targets["depth"]`` the depth loss is added too.
+    With ``depth_prob`` [Ncam, D, H, W] and ``targets["depth"]`` the depth loss is added too; with
+    ``semantic_logits`` [Ncam, K, H, W] and ``targets["semantic"]``, the image semantic loss.
 
     Returns (loss, {name: value}) for logging.
     """
@@ -87,4 +100,7 @@ def total_loss(
     if depth_prob is not None and "depth" in targets and weights.depth > 0:
         parts["depth"] = depth_loss(depth_prob, targets["depth"])
         loss = loss + weights.depth * parts["depth"]
+    if semantic_logits is not None and "semantic" in targets and weights.semantic > 0:
+        parts["semantic"] = semantic_loss(semantic_logits, targets["semantic"])
+        loss = loss + weights.semantic * parts["semantic"]
     return loss, {k: float(v.detach()) for k, v in parts.items()}

@@ -42,6 +42,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     log_every: int = 25
     depth_weight: float = 1.0  # LiDAR depth supervision of the camera depth net (BEVDepth); 0 = off
+    semantic_weight: float = 0.0  # image semantics from LiDAR-projected labels (auxiliary head); 0 = off
 
 
 # ---------------------------------------------------------------- data plumbing
@@ -85,9 +86,38 @@ def depth_target(frame: Frame, model: nn.Module) -> torch.Tensor | None:
     return torch.from_numpy(depth_bin_targets(np.asarray(frame["points"]), model.rig, found[1]))
 
 
+def semantic_target(frame: Frame, model: nn.Module) -> torch.Tensor | None:
+    """Class [Ncam, H', W'] (point_classes: 0 ground, 1 + label, then "other object") of the nearest
+    LiDAR point seen through each camera feature pixel, -1 where none or where that point lies
+    beyond the BEV grid (labels stop there); None without a depth net."""
+    found = depth_supervision(model)
+    if found is None:
+        return None
+    from sparsefuse.models.geometry import nearest_points
+    from sparsefuse.models.synthetic.labels import point_classes
+
+    points = np.asarray(frame["points"])
+    index, _ = nearest_points(points, model.rig, found[1])
+    classes = point_classes(points, np.asarray(frame["gt_boxes"]), np.asarray(frame["gt_labels"]))
+    classes[~model_grid(model).contains(points[:, :2])] = -1  # objects beyond the grid are unlabelled
+    return torch.from_numpy(np.where(index >= 0, classes[np.maximum(index, 0)], -1))
+
+
+def semantic_head(model: nn.Module) -> nn.Conv2d | None:
+    """Training-only 1x1 conv: camera context [Ncam, C, H', W'] -> class logits [Ncam, K, H', W'].
+    It is not part of the model (nor of its checkpoint or ONNX graph); it makes the lifted camera
+    features carry what the object is."""
+    found = depth_supervision(model)
+    if found is None:
+        return None
+    depth_net = found[0]
+    return nn.Conv2d(depth_net.out.out_channels - depth_net.depth_bins, 2 + len(CLASS_NAMES), 1)
+
+
 @contextmanager
-def captured_depth(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the depth softmax [Ncam, D, H', W'] of the forward passes run inside the block."""
+def captured_camera(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the depth softmax [Ncam, D, H', W'] ("depth") and the context features [Ncam, C, H', W']
+    ("context") of the forward passes run inside the block."""
     store: dict[str, torch.Tensor] = {}
     found = depth_supervision(model)
     if found is None:
@@ -95,7 +125,7 @@ def captured_depth(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         return
 
     def hook(module: nn.Module, args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
-        store["depth"] = output[0]
+        store["depth"], store["context"] = output
 
     handle = found[0].register_forward_hook(hook)
     try:
@@ -110,19 +140,34 @@ def step_loss(
     targets: dict[str, torch.Tensor],
     mode: str = "full",
     depth_weight: float = 1.0,
+    semantics: nn.Module | None = None,
+    semantic_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Training loss of one frame in ``mode``; adds ``depth_weight`` x the depth loss when ``targets``
-    has "depth" and the cameras are not blanked (a blank image has no depth to learn)."""
-    with captured_depth(model) as seen:
+    """Training loss of one frame in ``mode``. Adds ``depth_weight`` x the depth loss when ``targets``
+    has "depth", and ``semantic_weight`` x the image semantic loss of the ``semantics`` head when it
+    has "semantic"; neither when the cameras are blanked (a blank image has nothing to learn)."""
+    with captured_camera(model) as seen:
         outputs = model(*sensor_inputs(frame, mode))
-    depth = seen.get("depth") if mode != "lidar_only" else None
-    return losses.total_loss(outputs, targets, losses.LossWeights(depth=depth_weight), depth)
+    blanked = mode == "lidar_only" or not seen
+    depth = None if blanked else seen["depth"]
+    sem = None if blanked or semantics is None else semantics(seen["context"])
+    weights = losses.LossWeights(depth=depth_weight, semantic=semantic_weight)
+    return losses.total_loss(outputs, targets, weights, depth, sem)
 
 
-def _with_depth(targets: dict[str, torch.Tensor], frame: Frame, model: nn.Module, weight: float) -> dict:
-    """``targets`` plus the depth target when ``weight`` > 0 and the model has a depth net."""
-    depth = depth_target(frame, model) if weight > 0 else None
-    return targets if depth is None else {**targets, "depth": depth}
+def _with_camera_targets(
+    targets: dict[str, torch.Tensor],
+    frame: Frame,
+    model: nn.Module,
+    depth_weight: float,
+    semantic_weight: float,
+) -> dict:
+    """``targets`` plus the depth / semantic targets whose weight is > 0 (models with a depth net)."""
+    extra = {
+        "depth": depth_target(frame, model) if depth_weight > 0 else None,
+        "semantic": semantic_target(frame, model) if semantic_weight > 0 else None,
+    }
+    return {**targets, **{k: v for k, v in extra.items() if v is not None}}
 
 
 def synthetic_frames(
@@ -164,7 +209,9 @@ def train(
     grid = model_grid(model)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    semantics = semantic_head(model) if config.semantic_weight > 0 else None
+    params = [*model.parameters(), *(semantics.parameters() if semantics is not None else ())]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
     )
@@ -185,11 +232,15 @@ def train(
         )
         if idx not in targets:
             frame = frames[idx]
-            targets[idx] = _with_depth(frame_targets(frame, grid), frame, model, config.depth_weight)
-        loss, parts = step_loss(model, frames[idx], targets[idx], mode, config.depth_weight)
+            targets[idx] = _with_camera_targets(
+                frame_targets(frame, grid), frame, model, config.depth_weight, config.semantic_weight
+            )
+        loss, parts = step_loss(
+            model, frames[idx], targets[idx], mode, config.depth_weight, semantics, config.semantic_weight
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         sched.step()
         history.append({"loss": float(loss.detach()), **parts})
@@ -286,7 +337,7 @@ def finetune(
     grid = model_grid(model)
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(frames)) for _ in range(math.ceil(steps / len(frames)))])
-    targets = [_with_depth(frame_targets(f, grid), f, model, depth_weight) for f in frames]
+    targets = [_with_camera_targets(frame_targets(f, grid), f, model, depth_weight, 0.0) for f in frames]
     apply_masks(model, masks)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()

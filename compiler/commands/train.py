@@ -24,6 +24,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--drop-lidar", type=float, default=0.15, help="P(empty LiDAR) per step")
     parser.add_argument("--depth-weight", type=float, default=1.0,
                         help="weight of the LiDAR depth supervision of the camera depth net (0 = off)")
+    parser.add_argument("--semantic-weight", type=float, default=0.0,
+                        help="weight of the image semantic auxiliary loss (LiDAR-projected labels; 0 = off)")
     parser.add_argument("--cache", default="runs/data", help="frame cache directory (default runs/data)")
     parser.add_argument("--workers", type=int, default=2, help="processes generating frames (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         load_checkpoint(model, args.init)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, seed=args.seed, drop_camera=args.drop_camera,
-        drop_lidar=args.drop_lidar, depth_weight=args.depth_weight,
+        drop_lidar=args.drop_lidar, depth_weight=args.depth_weight, semantic_weight=args.semantic_weight,
     )
     t1 = time.perf_counter()
     history = train(model, frames, config, log=lambda line: print(line, flush=True))

@@ -57,6 +57,27 @@ def points_in_boxes_bev(xy: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return out
 
 
+GROUND_CLASS = 0  # point_classes: ground / background
+ABOVE_GROUND_M = 0.25  # a point this high outside every labelled box hit an unlabelled object
+BOX_MARGIN_M = 0.2  # footprint margin when assigning LiDAR points to labelled boxes
+
+
+def point_classes(points: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """int64 [P] class of each ego point [P, >=3]: 0 ground, 1 + label inside a labelled box's
+    footprint (and above the ground), 1 + len(CLASS_NAMES) for any other point above the ground
+    (street clutter, walls: "other object")."""
+    xyz = np.asarray(points, np.float64)[:, :3]
+    above = xyz[:, 2] >= ABOVE_GROUND_M
+    out = np.where(above, 1 + len(CLASS_NAMES), GROUND_CLASS).astype(np.int64)
+    if len(boxes) and len(xyz):
+        grown = np.asarray(boxes, np.float64).copy()
+        grown[:, 3:5] += 2 * BOX_MARGIN_M  # surface hits with range noise land just outside the box
+        inside = points_in_boxes_bev(xyz[:, :2], grown) & (xyz[:, 2] > 0.05)
+        hit = inside.any(0)
+        out[hit] = 1 + np.asarray(labels, np.int64)[inside.argmax(0)[hit]]
+    return out
+
+
 def seg_masks(
     roads: tuple[Road, ...], boxes: np.ndarray, labels: np.ndarray, grid: BevGrid, sub: int = 4
 ) -> np.ndarray:

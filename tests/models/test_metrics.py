@@ -173,3 +173,19 @@ def test_total_loss_adds_the_weighted_depth_term_only_with_depth():
     with_depth, parts = losses.total_loss(outputs, {**targets, "depth": depth}, weights, prob)
     assert parts["depth"] == pytest.approx(math.log(4))
     assert with_depth.item() == pytest.approx(base.item() + 2.0 * math.log(4))
+
+
+def test_semantic_loss_is_weighted_cross_entropy_ignoring_unlabelled_pixels():
+    logits = torch.zeros(1, 3, 1, 3)  # uniform over 3 classes
+    target = torch.tensor([[[1, 2, -1]]])
+    assert losses.semantic_loss(logits, target).item() == pytest.approx(math.log(3))
+    right = torch.zeros(1, 3, 1, 3)
+    right[0, 1, 0, 0] = right[0, 2, 0, 1] = 50.0
+    assert losses.semantic_loss(right, target).item() == pytest.approx(0.0, abs=1e-6)
+    # background (class 0) counts background_weight times a foreground pixel in the weighted mean
+    mixed = torch.tensor([[[0, 1, -1]]])
+    wrong_bg = torch.zeros(1, 3, 1, 3)
+    wrong_bg[0, 2, 0, 0] = 50.0  # background pixel wrong (loss 50), foreground uniform (log 3)
+    expected = (0.2 * 50.0 + math.log(3)) / 1.2
+    assert losses.semantic_loss(wrong_bg, mixed).item() == pytest.approx(expected, rel=1e-4)
+    assert losses.semantic_loss(logits, torch.full((1, 1, 3), -1)).item() == 0.0

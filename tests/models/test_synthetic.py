@@ -21,6 +21,7 @@ from sparsefuse.models.synthetic import (
 )
 from sparsefuse.models.synthetic.camera import pixel_rays, project_points, render_cameras
 from sparsefuse.models.synthetic.dataset import load_frames, save_frames
+from sparsefuse.models.synthetic.labels import point_classes
 from sparsefuse.models.synthetic.lidar import LidarConfig, simulate_lidar
 from sparsefuse.models.synthetic.raycast import GROUND, cast
 from sparsefuse.models.synthetic.scene import (
@@ -209,6 +210,24 @@ def test_cameras_see_far_objects_lidar_misses(rig):
     _, visible = render_cameras(scene, rig, 2, np.random.default_rng(0))
     _, ids = simulate_lidar(scene, LidarConfig(), rig.point_range, np.random.default_rng(0))
     assert visible[0] >= 16 and np.sum(ids == 0) < visible[0] / 4
+
+
+def test_point_classes_hand_built():
+    boxes = np.array([[10.0, 0.0, 0.75, 2.0, 4.0, 1.5, 0.0], [0.0, 10.0, 0.9, 0.7, 0.7, 1.8, math.pi / 2]])
+    labels = np.array([0, 2])  # a car along x, a pedestrian
+    points = np.array(
+        [
+            [11.9, 0.5, 1.0],  # inside the car
+            [12.1, 0.0, 1.0],  # 0.1 m past the car's nose: a noisy surface hit, still the car
+            [0.1, 10.2, 1.2],  # the pedestrian
+            [20.0, 5.0, 0.0],  # ground
+            [12.0, 0.0, 0.01],  # ground just beside the car
+            [20.0, -5.0, 1.0],  # above ground, in no labelled box: other object (clutter)
+            [13.0, 0.0, 1.0],  # 1 m past the car: other
+        ]
+    )
+    assert point_classes(points, boxes, labels).tolist() == [1, 1, 3, 0, 0, 5, 5]
+    assert point_classes(points, np.zeros((0, 7)), np.zeros(0, np.int64)).tolist() == [5, 5, 5, 0, 0, 5, 5]
 
 
 def test_seg_masks_and_detection_targets():

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sparsefuse.errors import SparsefuseError
+from sparsefuse.models.geometry import nearest_points
 from sparsefuse.models.presets import build_model, get_preset, preset_rig
 from sparsefuse.models.synthetic import make_frame
 from sparsefuse.models.train import (
@@ -19,6 +20,8 @@ from sparsefuse.models.train import (
     load_checkpoint,
     model_grid,
     save_checkpoint,
+    semantic_head,
+    semantic_target,
     sensor_inputs,
     step_loss,
     train,
@@ -139,6 +142,27 @@ def test_reference_model_trains_its_depth_net_on_lidar_depth(rig, frames):
     assert supervised < 0.8 * unsupervised  # the LiDAR depth target is what teaches the depth net
     blanked = train(build_model("bevfusion-tiny"), frames[:1], TrainConfig(steps=1, drop_camera=1.0))
     assert "depth" not in blanked[0]  # blanked cameras carry no depth to learn
+
+
+def test_semantic_auxiliary_labels_camera_pixels_and_stays_out_of_the_model(rig, frames, tmp_path):
+    model = build_model("bevfusion-tiny", seed=0)
+    target = semantic_target(frames[0], model)
+    depth = depth_target(frames[0], model)
+    assert target.shape == depth.shape
+    labelled = target >= 0
+    assert labelled.any() and torch.all(target[labelled] <= 5) and (target == 0).any()
+    assert (target >= 1).any()  # some pixels see objects
+    index, _ = nearest_points(np.asarray(frames[0]["points"]), model.rig, 8)
+    assert not np.any(labelled.numpy() & (index < 0))  # a label needs a LiDAR point seen there
+    head = semantic_head(model)
+    assert head.out_channels == 6 and head.in_channels == 32
+    keys = set(model.state_dict())
+    config = TrainConfig(steps=2, semantic_weight=1.0, drop_camera=0.0, drop_lidar=0.0)
+    history = train(model, frames[:1], config)
+    assert all("semantic" in h and h["semantic"] > 0 for h in history)
+    assert set(model.state_dict()) == keys  # the training-only head is not saved with the model
+    off = train(build_model("bevfusion-tiny"), frames[:1], TrainConfig(steps=1))
+    assert "semantic" not in off[0]
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path, rig):
