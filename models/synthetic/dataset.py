@@ -18,7 +18,7 @@ from sparsefuse.errors import SparsefuseError
 from sparsefuse.models.rig import Rig
 from sparsefuse.models.synthetic.generate import SyntheticConfig, make_frame, rig_grid
 
-GENERATOR_VERSION = 3  # bump whenever the generator's output changes (invalidates caches)
+GENERATOR_VERSION = 4  # bump whenever the generator's output changes (invalidates caches)
 FRAME_KEYS = ("images", "points", "gt_boxes", "gt_labels", "seg_masks", "night", "seed")
 
 

@@ -15,7 +15,8 @@ import numpy as np
 CLASS_NAMES: tuple[str, ...] = ("car", "truck", "pedestrian", "barrier")
 # Unlabelled street furniture (bins, bollards, utility boxes; hedges, skips, kiosks). Clutter copies the
 # size, placement and LiDAR reflectivity of a labelled class, so LiDAR geometry alone cannot tell it
-# from a pedestrian or a parked car; only its look in the cameras can (the LiDAR false-positive problem).
+# from a pedestrian or a parked car; only its look in the cameras can (green, mottled: the LiDAR
+# false-positive problem).
 CLUTTER = len(CLASS_NAMES)
 SEG_CLASSES: tuple[str, ...] = ("drivable", "car", "truck", "pedestrian", "barrier")
 # Ground materials, used by the camera (colour), the LiDAR (intensity) and the labels (drivable).
@@ -235,12 +236,13 @@ def _candidates(rng: np.random.Generator, roads: tuple[Road, ...]) -> list[tuple
 
 def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
     """Body colour: cars vary widely, trucks lean to white/blue, pedestrians' clothes; barriers red;
-    clutter in street-furniture paints (bins and utility boxes; hedges and rusty skips)."""
-    if cls == _SMALL_CLUTTER:
-        palette = np.array([[0.12, 0.3, 0.16], [0.45, 0.47, 0.5], [0.3, 0.3, 0.3]])
+    clutter is green street furniture (planters, bins; hedges, skips), a colour no labelled object
+    has, so the cameras can tell it from its look-alike while LiDAR cannot."""
+    if cls == _SMALL_CLUTTER:  # planters, bushes, green bins
+        palette = np.array([[0.22, 0.55, 0.12], [0.1, 0.38, 0.14], [0.3, 0.6, 0.2]])
         base = palette[rng.integers(0, len(palette))]
-    elif cls == _LARGE_CLUTTER:
-        palette = np.array([[0.18, 0.42, 0.12], [0.14, 0.33, 0.1], [0.5, 0.25, 0.1]])
+    elif cls == _LARGE_CLUTTER:  # hedges, green skips
+        palette = np.array([[0.18, 0.5, 0.12], [0.14, 0.4, 0.1], [0.1, 0.42, 0.2]])
         base = palette[rng.integers(0, len(palette))]
     elif cls == 0:
         palette = np.array(
@@ -251,15 +253,16 @@ def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
                 [0.15, 0.15, 0.15],
                 [0.6, 0.6, 0.62],
                 [0.9, 0.7, 0.1],
-                [0.2, 0.5, 0.3],
+                [0.35, 0.3, 0.25],
             ]
         )
         base = palette[rng.integers(0, len(palette))]
     elif cls == 1:
         palette = np.array([[0.95, 0.95, 0.92], [0.2, 0.35, 0.6], [0.85, 0.45, 0.1]])
         base = palette[rng.integers(0, len(palette))]
-    elif cls == 2:
+    elif cls == 2:  # clothes of any colour but green, which is the street furniture's
         base = rng.uniform(0.1, 0.9, 3)
+        base[1] = min(base[1], max(base[0], base[2]))
     else:
         base = np.array([0.9, 0.25, 0.1])
     return np.clip(base + rng.normal(0, 0.04, 3), 0.0, 1.0)
