@@ -217,6 +217,24 @@ class FunctionBuilder:
         end = axis + 1 if axis != -1 else None
         return self.op("Shape", x, start=axis) if end is None else self.op("Shape", x, start=axis, end=end)
 
+    def segment_sums(self, rows: str, starts: str, ends: str) -> str:
+        """Sums [S, C] float64 of row segments of ``rows`` [N, C]: segment s spans rows
+        [starts[s], ends[s]) (``starts``, ``ends`` [S] int64, 0 <= start <= end <= N).
+
+        A float64 prefix sum and two Gathers instead of ScatterND(reduction="add"): ORT's CPU
+        ScatterND adds duplicate indices from several threads without atomics, so its result
+        changes from run to run (microsoft/onnxruntime#23396); this is deterministic.
+        """
+        prefix = self.op("CumSum", self.op("Cast", rows, to=TensorProto.DOUBLE), self.const(0))
+        zero_row = self.op(
+            "ConstantOfShape",
+            self.op("Concat", self.const([1]), self.dim(rows, 1), axis=0),
+            value=helper.make_tensor("value", TensorProto.DOUBLE, [1], [0.0]),
+        )
+        padded = self.op("Concat", zero_row, prefix, axis=0)  # padded[k] = sum of the first k rows
+        upto_end = self.op("Gather", padded, ends, axis=0)
+        return self.op("Sub", upto_end, self.op("Gather", padded, starts, axis=0))
+
     def zeros_like_type(self, shape: str, like: str) -> str:
         """Zeros of ``shape`` ([k] int64) with the element type of ``like``."""
         return self.op("CastLike", self.op("ConstantOfShape", shape), like)

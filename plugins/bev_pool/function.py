@@ -1,7 +1,8 @@
 """``sparsefuse::BEVPool`` as an ONNX FunctionProto: Gather depth and features per frustum point,
-Mul, ScatterND(reduction="add") into [B*Y*X, C], then Reshape/Transpose to [B,C,Y,X].
+Mul, sum each interval (a run of points of one BEV cell; ranks are sorted by cell) with a float64
+prefix sum, ScatterND (unique cells, no reduction) into [B*Y*X, C], Reshape/Transpose to [B,C,Y,X].
 
-The interval inputs are not needed here (the CUDA kernel uses them to reduce without atomics).
+Deterministic: no ScatterND(reduction="add"), whose ORT CPU kernel races on duplicate indices.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     rows = fb.op("Reshape", "feat", fb.op("Concat", fb.const([-1]), channels, axis=0))  # [Ncam*H*W, C]
     values = fb.op("Gather", rows, "ranks_feat", axis=0)  # [P,C]
     contrib = fb.op("Mul", fb.unsqueeze(fb.op("CastLike", weights, "feat"), [1]), values)
-    # Accumulate in float32: ORT's CPU ScatterND has no float16 reduction="add".
-    contrib = fb.op("Cast", contrib, to=onnx.TensorProto.FLOAT)
+    starts = fb.op("Cast", "interval_starts", to=onnx.TensorProto.INT64)  # [I]
+    ends = fb.op("Add", starts, fb.op("Cast", "interval_lengths", to=onnx.TensorProto.INT64))
+    sums = fb.op("Cast", fb.segment_sums(contrib, starts, ends), to=onnx.TensorProto.FLOAT)  # [I, C]
     cells = fb.op("ReduceProd", bev_shape, keepdims=1)
     bev = fb.op("ConstantOfShape", fb.op("Concat", cells, channels, axis=0))  # float32 zeros
-    index = fb.unsqueeze(fb.op("Cast", "ranks_bev", to=onnx.TensorProto.INT64), [1])
-    bev = fb.op("CastLike", fb.op("ScatterND", bev, index, contrib, reduction="add"), "feat")
+    cell_of = fb.op("Gather", fb.op("Cast", "ranks_bev", to=onnx.TensorProto.INT64), starts, axis=0)
+    bev = fb.op("CastLike", fb.op("ScatterND", bev, fb.unsqueeze(cell_of, [1]), sums), "feat")
     bev = fb.op("Reshape", bev, fb.op("Concat", bev_shape, channels, axis=0))  # [B,Y,X,C]
     return fb.build([fb.op("Transpose", bev, perm=[0, 3, 1, 2])], opset)

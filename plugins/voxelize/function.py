@@ -2,7 +2,8 @@
 
 Bins in float32 with a true Div like the reference, drops points outside the grid, orders
 voxels with Unique(sorted=1) over the linear key, keeps the first max_voxels and averages
-features with ScatterND(reduction="add") / counts. Empty inputs give V = 0.
+features: points sorted by voxel (TopK), float64 prefix sums per voxel / counts. Deterministic: no
+ScatterND(reduction="add"), whose ORT CPU kernel races on duplicate indices. Empty inputs give V = 0.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     cols = [fb.squeeze(fb.slice(ok, [i], [i + 1], [1]), [1]) for i in range(3)]
     inside = fb.op("And", fb.op("And", cols[0], cols[1]), cols[2])  # [P]
     index = fb.op("Cast", fb.op("Compress", index_f, inside, axis=0), to=TensorProto.INT64)  # [Q,3]
-    # Accumulate in float32: ORT's CPU ScatterND has no float16 reduction="add".
-    feats = fb.op("Cast", fb.op("Compress", "points", inside, axis=0), to=TensorProto.FLOAT)  # [Q,F]
+    feats = fb.op("Compress", "points", inside, axis=0)  # [Q,F]
 
     grid = fb.op("Cast", grid_f, to=TensorProto.INT64)
     size_x, size_y, size_z = (fb.slice(grid, [i], [i + 1], [0]) for i in range(3))
@@ -47,11 +47,12 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     num = fb.op(
         "Max", fb.op("Min", n_unique, fb.op("Unsqueeze", fb.attr("max_voxels"), fb.const([0]))), fb.const([0])
     )  # [1]
-    zeros = fb.op("ConstantOfShape", fb.op("Concat", n_unique, fb.dim("points", 1), axis=0))  # float32
-    sums = fb.op("ScatterND", zeros, fb.unsqueeze(inverse, [1]), feats, reduction="add")  # [U,F]
+    _, order = fb.op("TopK", inverse, fb.dim(inverse, 0), largest=0, sorted=1, n_out=2)  # points by voxel
+    ends = fb.op("CumSum", counts, fb.const(0))  # [U] voxel u's points are sorted rows [end - count, end)
+    sums = fb.segment_sums(fb.op("Gather", feats, order, axis=0), fb.op("Sub", ends, counts), ends)  # [U,F]
     start = fb.const([0])
     sums = fb.op("Slice", sums, start, num, start)
-    counts = fb.op("Cast", fb.op("Slice", counts, start, num, start), to=TensorProto.FLOAT)
+    counts = fb.op("Cast", fb.op("Slice", counts, start, num, start), to=TensorProto.DOUBLE)
     mean = fb.op("CastLike", fb.op("Div", sums, fb.unsqueeze(counts, [1])), "points")
 
     keys = fb.op("Slice", uniq, start, num, start)

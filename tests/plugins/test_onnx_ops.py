@@ -192,3 +192,42 @@ def test_schemas_infer_output_types():
     dense = next(v for v in model.graph.value_info if v.name == "dense")
     assert dense.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_value for d in dense.type.tensor_type.shape.dim] == [1, 4, 3, 4]
+
+
+def test_function_bodies_never_reduce_with_scatter():
+    """ORT's CPU ScatterND / ScatterElements with a reduction race on duplicate indices across
+    threads (microsoft/onnxruntime#23396): outputs changed run to run. Bodies must not use them."""
+    for proto in onnx_ops.function_protos():
+        for node in proto.node:
+            reduction = {a.name: a.s for a in node.attribute}.get("reduction", b"none")
+            assert not (node.op_type.startswith("Scatter") and reduction != b"none"), proto.name
+
+
+def test_bev_pool_function_is_bitwise_deterministic_on_many_threads():
+    rng = np.random.default_rng(0)
+    cams, depth_bins, height, width, channels, cells = 2, 6, 8, 11, 16, 12
+    ranks_bev = np.sort(rng.integers(0, cells, 4000)).astype(np.int32)  # heavy duplicates per cell
+    starts = np.flatnonzero(np.r_[True, ranks_bev[1:] != ranks_bev[:-1]]).astype(np.int32)
+    lengths = np.diff(np.r_[starts, len(ranks_bev)]).astype(np.int32)
+    feeds = {
+        "depth": rng.random((cams, depth_bins, height, width), np.float32),
+        "feat": rng.standard_normal((cams, height, width, channels)).astype(np.float32),
+        "ranks_depth": rng.integers(0, cams * depth_bins * height * width, 4000).astype(np.int32),
+        "ranks_feat": rng.integers(0, cams * height * width, 4000).astype(np.int32),
+        "ranks_bev": ranks_bev,
+        "interval_starts": starts,
+        "interval_lengths": lengths,
+    }
+    model = onnx_ops.single_node_model("BEVPool", feeds, {"bev_shape": [1, 3, 4]})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 4
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    first = session.run(None, feeds)[0]
+    for _ in range(20):
+        assert np.array_equal(session.run(None, feeds)[0], first)
+    contrib = feeds["depth"].reshape(-1)[feeds["ranks_depth"]][:, None] * feeds["feat"].reshape(
+        -1, channels)[feeds["ranks_feat"]]
+    want = np.zeros((cells, channels))
+    np.add.at(want, ranks_bev, contrib.astype(np.float64))
+    got = first.transpose(0, 2, 3, 1).reshape(cells, channels)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
