@@ -1,5 +1,6 @@
 """Training losses: BCE for BEV segmentation, CenterPoint focal loss for the heatmap, L1 for boxes,
-and (optional) cross-entropy of the LSS depth against LiDAR depth bins (BEVDepth)."""
+and the optional camera auxiliaries: cross-entropy of the LSS depth against LiDAR depth bins
+(BEVDepth) and of per-pixel image classes against LiDAR-projected labels."""
 
 from __future__ import annotations
 
