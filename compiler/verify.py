@@ -120,11 +120,10 @@ def verify(
     golden.add([{k: np.asarray(v) for k, v in reference_fn(f).items()} for f in frames], runner_name="torch")
     ref_iters = golden["torch"]
 
-    frame_reports, poly_ok, frame_bounds = [], True, []
+    frame_reports, poly_ok, commands = [], True, []
     for index, (got, ref) in enumerate(zip(ort_iters, ref_iters, strict=True)):
         checks = [check_output(name, got[name], ref[name], tol) for name in ref.keys()]
         bounds = {c.name: c.tolerance for c in checks}
-        frame_bounds.append(bounds)
         pair = RunResults()
         pair.add([dict(got.items())], runner_name="onnxrt")
         pair.add([dict(ref.items())], runner_name="torch")
@@ -133,19 +132,17 @@ def verify(
             poly_ok &= bool(Comparator.compare_accuracy(pair, compare_func=compare))
         frame_reports.append({**dict(frame_info[index]), "outputs": {c.name: c.to_dict() for c in checks},
                               "pass": all(c.passed for c in checks)})
-
-    write_text(out_dir / "verify" / "inputs.json", to_json(feeds))
-    write_text(out_dir / "verify" / "golden.json", to_json(golden))
-    # Bounds scale with each frame's outputs (DESIGN §7) while polygraphy applies one bound per
-    # output to all iterations, so each frame gets its own files and command.
-    commands = []
-    for index, (feed, ref, bounds) in enumerate(zip(feeds, ref_iters, frame_bounds, strict=True)):
+        # Bounds scale with each frame's outputs (DESIGN §7) while polygraphy applies one bound per
+        # output to all iterations, so each frame gets its own files and command.
         one = RunResults()
         one.add([dict(ref.items())], runner_name="torch")
         inputs, outputs = f"verify/frames/{index}_inputs.json", f"verify/frames/{index}_golden.json"
-        write_text(out_dir / inputs, to_json([feed]))
+        write_text(out_dir / inputs, to_json([feeds[index]]))
         write_text(out_dir / outputs, to_json(one))
         commands.append(polygraphy_command(onnx_relpath, bounds, inputs, outputs))
+
+    write_text(out_dir / "verify" / "inputs.json", to_json(feeds))
+    write_text(out_dir / "verify" / "golden.json", to_json(golden))
     command = " && ".join(commands)
     passed = all(f["pass"] for f in frame_reports)
     return VerifyReport(frame_reports, passed, poly_ok, command)
