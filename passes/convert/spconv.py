@@ -1,21 +1,585 @@
-"""Conversion of spconv modules / functions into sparsefuse ops (stub: filled in by its owner)."""
+"""spconv 2.x -> sparsefuse ops, in the copy of the model that :func:`convert` hands us.
+
+What is converted (everything else from spconv is refused by ``base.refuse_leftovers``):
+
+- ``SubMConv3d`` / ``SparseConv3d`` -> :class:`SparseConv3d` (``sparsefuse::sparse_conv3d``);
+  ``SparseInverseConv3d`` -> :class:`SparseInverseConv3d` (``sparsefuse::sparse_inverse_conv3d``).
+  They take and return spconv ``SparseConvTensor`` s (our subclass :class:`SparseTensor`), so the
+  user's forward code keeps working.
+- ``SparseSequential`` -> :class:`SparseSequential` with spconv's dispatch (spconv modules get the
+  tensor, anything else its features); conv -> BatchNorm1d -> ReLU runs are folded into the conv
+  (new ``weight`` / ``bias`` at the conv's own path) with the ReLU fused as ``activation="relu"``.
+- ``SparseBatchNorm`` / ``SparseSyncBatchNorm`` / ``SparseReLU`` / ``SparseIdentity`` -> plain
+  torch subclasses of ours that accept a tensor or a SparseConvTensor (same parameter names).
+- ``ToDense`` and ``SparseConvTensor.dense()`` on our tensors -> ``sparsefuse::scatter_dense``.
+- ``spconv.pytorch.functional.sparse_add`` on our tensors with identical index tensors -> a feature add.
+
+``indice_key`` bookkeeping lives in the tensor's ``indice_dict`` under keys ``("sparsefuse", key)``
+(spconv's own keys are strings, so they never collide); a record holds plain tensors and ints, so
+torch.export traces through it.
+"""
 
 from __future__ import annotations
 
+import inspect
+import math
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
+from torch.fx.experimental.symbolic_shapes import guard_or_true
 
-from sparsefuse.passes.convert.base import ConversionRow, ConvertContext
+import sparsefuse.plugins  # noqa: F401  (registers torch.ops.sparsefuse.*)
+from sparsefuse.errors import SparsefuseError
+from sparsefuse.passes.convert.base import ConversionRow, ConvertContext, qualified_type
+from sparsefuse.plugins.sparse_conv3d import output_spatial_shape
+
+try:  # spconv is optional: without it there is nothing of its to convert.
+    import spconv.pytorch as _sp
+    from spconv.constants import ALL_WEIGHT_IS_KRSC as _ALL_WEIGHT_IS_KRSC
+    from spconv.pytorch import functional as _spf
+    from spconv.pytorch.core import SparseConvTensor as _BaseTensor
+    from spconv.pytorch.modules import SparseModule as _BaseModule
+    from spconv.pytorch.modules import SparseSequential as _BaseSequential
+    from spconv.pytorch.modules import is_spconv_module as _is_spconv_module
+except ImportError:  # pragma: no cover - exercised only without spconv
+    _sp = None
+    _BaseTensor = object  # type: ignore[assignment,misc]
+    _BaseModule = nn.Module  # type: ignore[assignment,misc]
+    _BaseSequential = nn.Module  # type: ignore[assignment,misc]
+
+Triple = tuple[int, int, int]
+_KEY_NAMESPACE = "sparsefuse"
+
+
+# --------------------------------------------------------------------------------------------- tensors
+
+
+@dataclass(frozen=True)
+class Downsample:
+    """What a strided conv with an ``indice_key`` leaves for the inverse conv of the same key:
+    its input sites ``coords`` [N,4] i32 on the fine grid ``spatial_shape`` and its geometry."""
+
+    coords: torch.Tensor
+    spatial_shape: Triple
+    out_spatial_shape: Triple
+    kernel_size: Triple
+    stride: Triple
+    padding: Triple
+    dilation: Triple
+
+
+@dataclass(frozen=True)
+class SubmKey:
+    """Marks an ``indice_key`` taken by a submanifold conv (spconv refuses to reuse it for a strided one)."""
+
+    spatial_shape: Triple
+
+
+def _record_key(indice_key: str) -> tuple[str, str]:
+    return (_KEY_NAMESPACE, indice_key)
+
+
+class SparseTensor(_BaseTensor):  # type: ignore[misc,valid-type]
+    """spconv's SparseConvTensor as returned by our converted modules: ``dense()`` is
+    ``sparsefuse::scatter_dense``, and ``replace_feature`` / ``shadow_copy`` keep this class."""
+
+    def replace_feature(self, feature: torch.Tensor) -> SparseTensor:
+        return derive(self, feature)
+
+    def shadow_copy(self) -> SparseTensor:
+        return derive(self, self.features)
+
+    def dense(self, channels_first: bool = True) -> torch.Tensor:
+        return to_dense(self, channels_first)
+
+
+def derive(
+    src: Any, features: torch.Tensor, indices: torch.Tensor | None = None,
+    spatial_shape: list[int] | tuple[int, ...] | None = None, indice_dict: dict | None = None,
+) -> SparseTensor:
+    """A :class:`SparseTensor` like ``src`` (any SparseConvTensor) with the given parts replaced;
+    batch_size, grid, voxel_num and the benchmark / timer state carry over as in spconv."""
+    out = SparseTensor(
+        features, src.indices if indices is None else indices,
+        src.spatial_shape if spatial_shape is None else list(spatial_shape), src.batch_size, src.grid,
+        src.voxel_num, src.indice_dict if indice_dict is None else indice_dict)
+    out.benchmark = src.benchmark
+    out.benchmark_record = src.benchmark_record
+    out.thrust_allocator = src.thrust_allocator
+    out._timer = src._timer
+    out.force_algo = src.force_algo
+    out.int8_scale = src.int8_scale
+    return out
+
+
+def to_dense(x: Any, channels_first: bool = True) -> torch.Tensor:
+    """spconv's ``dense()``: [B, C, Z, Y, X] (channels_first) or [B, Z, Y, X, C], through
+    ``sparsefuse::scatter_dense`` (which folds height into channels: [B, C*Z, Y, X])."""
+    if len(x.spatial_shape) != 3:
+        return _BaseTensor.dense(x, channels_first)
+    z, y, w = (int(v) for v in x.spatial_shape)
+    batch = int(x.batch_size)
+    channels = x.features.shape[1]
+    dense = torch.ops.sparsefuse.scatter_dense(x.features, x.indices, [z, y, w], batch)
+    dense = dense.view(batch, channels, z, y, w)
+    # spconv returns a contiguous tensor either way (users .view() it)
+    return dense if channels_first else dense.permute(0, 2, 3, 4, 1).contiguous()
+
+
+# --------------------------------------------------------------------------------------------- modules
+
+
+def _relu_then_add(features: torch.Tensor, add_input: Any, activation: str) -> torch.Tensor:
+    """spconv's native ``add_input``: act(act(conv) + add) (the op already applied the first act)."""
+    out = features + add_input.features
+    return torch.relu(out) if activation == "relu" else out
+
+
+class SparseConv3d(_BaseModule):  # type: ignore[misc,valid-type]
+    """``SubMConv3d`` / ``SparseConv3d`` as ``sparsefuse::sparse_conv3d``.
+
+    weight [Cout,kz,ky,kx,Cin], bias [Cout]?. ``pointwise``: spconv's 1x1 shortcut (kernel 1, and
+    for a regular conv stride 1): sites and order kept, indice_key neither read nor written.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, weight: torch.Tensor, bias: torch.Tensor | None,
+        kernel_size: Triple, stride: Triple, padding: Triple, dilation: Triple, subm: bool, activation: str,
+        indice_key: str | None, pointwise: bool, path: str,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.subm, self.activation, self.indice_key, self.pointwise = subm, activation, indice_key, pointwise
+        self.path = path
+        self.weight = nn.Parameter(weight.detach().clone())
+        if bias is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(bias.detach().clone())
+
+    def forward(self, input: Any, add_input: Any = None) -> SparseTensor:
+        """SparseConvTensor [N,Cin] -> SparseTensor [M,Cout] (M = N and same sites for subm)."""
+        in_shape = [int(v) for v in input.spatial_shape]
+        if self.pointwise:  # spconv's 1x1 path: no index work, add_input ignored (as spconv does)
+            features, _ = self._op(input, in_shape, True)
+            out_shape = output_spatial_shape(in_shape, *self._geometry(), self.subm)
+            return derive(input, features, spatial_shape=out_shape)
+        indice_dict = dict(input.indice_dict)  # spconv copies it per conv; branches must not share edits
+        if self.subm:
+            self._check_subm_key(indice_dict, in_shape)
+            features, _ = self._op(input, in_shape, True)
+            # keep the input's index tensor (equal by contract) so sparse_add sees identical indices
+            out = derive(input, features, input.indices, in_shape, indice_dict)
+        else:
+            features, coords = self._op(input, in_shape, False)
+            out_shape = output_spatial_shape(in_shape, *self._geometry(), False)
+            if self.indice_key is not None:
+                self._record_downsample(indice_dict, input.indices, in_shape, out_shape)
+            out = derive(input, features, coords, out_shape, indice_dict)
+        if add_input is not None:
+            out = out.replace_feature(_relu_then_add(out.features, add_input, self.activation))
+        return out
+
+    def _geometry(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        return list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation)
+
+    def _op(self, input: Any, in_shape: list[int], subm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.ops.sparsefuse.sparse_conv3d(
+            input.features, input.indices, self.weight, self.bias, in_shape, *self._geometry(), subm,
+            self.activation)
+
+    def _check_subm_key(self, indice_dict: dict, in_shape: list[int]) -> None:
+        if self.indice_key is None:
+            return
+        key = _record_key(self.indice_key)
+        found = indice_dict.get(key)
+        if isinstance(found, Downsample):
+            raise SparsefuseError(
+                f"{self.path}: submanifold conv reuses indice_key {self.indice_key!r} of a strided conv",
+                "spconv only shares indice_key between submanifold convs; give it its own key")
+        if found is None:
+            indice_dict[key] = SubmKey(tuple(in_shape))  # type: ignore[arg-type]
+
+    def _record_downsample(self, indice_dict: dict, coords: torch.Tensor, in_shape: list[int],
+                           out_shape: list[int]) -> None:
+        key = _record_key(self.indice_key)  # type: ignore[arg-type]
+        if key in indice_dict:
+            raise SparsefuseError(
+                f"{self.path}: indice_key {self.indice_key!r} already exists in this sparse tensor",
+                "a strided conv needs an indice_key of its own (spconv refuses this too)")
+        indice_dict[key] = Downsample(coords, tuple(in_shape), tuple(out_shape), self.kernel_size,  # type: ignore[arg-type]
+                                      self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        kind = "subm" if self.subm else f"stride={self.stride}, padding={self.padding}"
+        return (f"{self.in_channels}, {self.out_channels}, kernel={self.kernel_size}, {kind}, "
+                f"dilation={self.dilation}, act={self.activation}, indice_key={self.indice_key}")
+
+
+class SparseInverseConv3d(_BaseModule):  # type: ignore[misc,valid-type]
+    """``SparseInverseConv3d`` as ``sparsefuse::sparse_inverse_conv3d``: output sites are the input
+    sites of the strided conv recorded under the same ``indice_key`` (same order, fine grid)."""
+
+    def __init__(self, in_channels: int, out_channels: int, weight: torch.Tensor, bias: torch.Tensor | None,
+                 kernel_size: Triple, activation: str, indice_key: str, path: str) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.activation = kernel_size, activation
+        self.indice_key, self.path = indice_key, path
+        self.weight = nn.Parameter(weight.detach().clone())
+        if bias is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(bias.detach().clone())
+
+    def forward(self, input: Any, add_input: Any = None) -> SparseTensor:
+        """SparseConvTensor [N,Cin] on the coarse grid -> SparseTensor [M,Cout] on the fine grid."""
+        rec = self._downsample(input)
+        features = torch.ops.sparsefuse.sparse_inverse_conv3d(
+            input.features, input.indices, rec.coords, self.weight, self.bias, list(rec.spatial_shape),
+            list(rec.kernel_size), list(rec.stride), list(rec.padding), list(rec.dilation), self.activation)
+        out = derive(input, features, rec.coords, rec.spatial_shape, dict(input.indice_dict))
+        if add_input is not None:
+            out = out.replace_feature(_relu_then_add(out.features, add_input, self.activation))
+        return out
+
+    def _downsample(self, input: Any) -> Downsample:
+        """The record of the paired strided conv; SparsefuseError where spconv would fail."""
+        rec = input.indice_dict.get(_record_key(self.indice_key))
+        if not isinstance(rec, Downsample):
+            raise SparsefuseError(
+                f"{self.path}: no strided SparseConv3d with indice_key {self.indice_key!r} ran before "
+                "this inverse conv",
+                "pair each SparseInverseConv3d with a strided conv of the same indice_key")
+        if rec.kernel_size != self.kernel_size:
+            raise SparsefuseError(
+                f"{self.path}: kernel {self.kernel_size} differs from its paired conv's {rec.kernel_size}",
+                "an inverse conv must have the kernel size of the conv with the same indice_key")
+        if tuple(int(v) for v in input.spatial_shape) != rec.out_spatial_shape:
+            raise SparsefuseError(
+                f"{self.path}: input grid {list(input.spatial_shape)} is not the paired conv's output grid "
+                f"{list(rec.out_spatial_shape)}",
+                "feed the inverse conv the tensor of its paired conv's level")
+        return rec
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel={self.kernel_size}, act={self.activation}, "
+                f"indice_key={self.indice_key}")
+
+
+class SparseSequential(_BaseSequential):  # type: ignore[misc,valid-type]
+    """spconv's SparseSequential dispatch: spconv modules (ours included) get the tensor, any other
+    module the tensor's features (skipped on an empty tensor, as spconv does)."""
+
+    def forward(self, input: Any) -> Any:
+        for module in self._modules.values():
+            if _is_spconv_module(module) or not isinstance(input, _BaseTensor):
+                input = module(input)
+            # guard_or_true: under torch.export the site count may be unbacked; assume non-empty there
+            elif guard_or_true(input.indices.shape[0] != 0):
+                input = input.replace_feature(module(input.features))
+        return input
+
+
+def _on_features(module: nn.Module, parent_forward: Callable[[Any, torch.Tensor], torch.Tensor],
+                 x: Any) -> Any:
+    """``parent_forward`` on a plain tensor, or on a SparseConvTensor's features (replace_feature)."""
+    if isinstance(x, _BaseTensor):
+        return x.replace_feature(parent_forward(module, x.features))
+    return parent_forward(module, x)
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """spconv's SparseBatchNorm: a BatchNorm1d over a tensor or a SparseConvTensor's features."""
+
+    def forward(self, input: Any) -> Any:
+        return _on_features(self, nn.BatchNorm1d.forward, input)
+
+
+class ReLU(nn.ReLU):
+    """spconv's SparseReLU: a ReLU over a tensor or a SparseConvTensor's features."""
+
+    def forward(self, input: Any) -> Any:
+        return _on_features(self, nn.ReLU.forward, input)
+
+
+class Identity(nn.Identity):
+    """spconv's SparseIdentity."""
+
+    def forward(self, input: Any) -> Any:
+        return _on_features(self, nn.Identity.forward, input)
+
+
+class ToDense(_BaseModule):  # type: ignore[misc,valid-type]
+    """spconv's ToDense: [B, C, Z, Y, X] through ``sparsefuse::scatter_dense``."""
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return to_dense(x, True)
+
+
+# --------------------------------------------------------------------------------------------- sparse_add
+
+
+_ORIGINAL_SPARSE_ADD: list[Callable[..., Any]] = []  # spconv's own function, captured on first install
+
+
+def sparse_add(*tens: Any) -> Any:
+    """``spconv.pytorch.functional.sparse_add`` as installed by the converter: on our tensors with
+    identical index tensors, a feature add (same sites; spconv's coalesce would also sort them);
+    on plain spconv tensors (an unconverted model), spconv's own function."""
+    if not any(isinstance(t, SparseTensor) for t in tens):
+        return _ORIGINAL_SPARSE_ADD[0](*tens)
+    first = tens[0]
+    if any(t.indices is not first.indices for t in tens[1:]):
+        raise SparsefuseError(
+            "sparse_add of sparse tensors whose indices differ cannot be converted (the sum's sites are "
+            "data dependent)",
+            "add tensors that come from the same sites, e.g. a residual over submanifold convs")
+    for t in tens[1:]:
+        same_width = t.features.shape[1] == first.features.shape[1]
+        if list(t.spatial_shape) != list(first.spatial_shape) or not same_width:
+            raise SparsefuseError("sparse_add of sparse tensors with different grids or channel counts",
+                                  "add tensors of one level and width")
+    total = first.features
+    for t in tens[1:]:
+        total = total + t.features
+    return first.replace_feature(total)
+
+
+def _install_sparse_add(model: nn.Module) -> list[ConversionRow]:
+    """Point spconv's ``functional.sparse_add`` (and names bound to it in the model's code) to
+    :func:`sparse_add`, which falls back to spconv's for plain tensors; one row per call site."""
+    if not _ORIGINAL_SPARSE_ADD:
+        _ORIGINAL_SPARSE_ADD.append(_spf.sparse_add)
+    original = _ORIGINAL_SPARSE_ADD[0]
+    _spf.sparse_add = sparse_add
+    rows: list[ConversionRow] = []
+    for path, module in model.named_modules():
+        forward = getattr(type(module), "forward", None)
+        if not inspect.isfunction(forward):
+            continue
+        names = forward.__globals__
+        for name, value in list(names.items()):
+            if value is original:  # `from spconv.pytorch.functional import sparse_add`
+                names[name] = sparse_add
+        if "sparse_add" in forward.__code__.co_names:
+            rows.append(ConversionRow(f"{path}:sparse_add", "spconv.pytorch.functional.sparse_add",
+                                      "feature add", "indices must be the same tensor"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- conversion
+
+
+_ACTIVATIONS = {"None_": "none", "ReLU": "relu"}
+
+
+def _triple(values: Any) -> Triple:
+    return tuple(int(v) for v in values)  # type: ignore[return-value]
+
+
+def _conv_types() -> dict[type, str]:
+    return {_sp.SubMConv3d: "subm", _sp.SparseConv3d: "regular", _sp.SparseInverseConv3d: "inverse"}
+
+
+def _activation(module: Any, path: str) -> str:
+    name = str(module.act_type).rsplit(".", 1)[-1]
+    if name not in _ACTIVATIONS:
+        raise SparsefuseError(f"{path}: fused activation {name} of {qualified_type(module)} is not supported",
+                              "use act_type None_ or ReLU, or an nn module after the conv")
+    return _ACTIVATIONS[name]
+
+
+def _weight(module: Any, path: str) -> torch.Tensor:
+    """The weight as [Cout,kz,ky,kx,Cin]; spconv 2.x stores KRSC for every algo (ALL_WEIGHT_IS_KRSC)."""
+    expected = [module.out_channels, *module.kernel_size, module.in_channels]
+    if not _ALL_WEIGHT_IS_KRSC or list(module.weight.shape) != expected:
+        raise SparsefuseError(
+            f"{path}: weight of shape {list(module.weight.shape)} is not spconv 2.x's [Cout,kz,ky,kx,Cin] "
+            f"{expected}", "use spconv >= 2.2 (KRSC weights)")
+    return module.weight.detach()
+
+
+def _pointwise_weight(weight: torch.Tensor) -> torch.Tensor:
+    """spconv's 1x1 path multiplies by ``weight.view(Cin, Cout)`` (a reinterpretation of the KRSC
+    buffer, not a transpose); the [Cout,1,1,1,Cin] weight that gives the same product."""
+    c_out, c_in = weight.shape[0], weight.shape[-1]
+    return weight.reshape(c_in, c_out).t().reshape(c_out, 1, 1, 1, c_in).contiguous()
+
+
+def _make_conv(module: Any, path: str) -> SparseConv3d | SparseInverseConv3d:
+    kind = _conv_types()[type(module)]
+    if module.groups != 1:
+        raise SparsefuseError(f"{path}: grouped sparse convs are not supported", "use groups=1")
+    weight, bias = _weight(module, path), None if module.bias is None else module.bias.detach()
+    activation = _activation(module, path)
+    kernel = _triple(module.kernel_size)
+    pointwise = math.prod(kernel) == 1 and (module.subm or math.prod(module.stride) == 1)
+    if kind == "inverse" and not pointwise:
+        if module.indice_key is None:
+            raise SparsefuseError(f"{path}: SparseInverseConv3d without indice_key", "give it its conv's key")
+        return SparseInverseConv3d(module.in_channels, module.out_channels, weight, bias, kernel, activation,
+                                   module.indice_key, path)
+    if pointwise:
+        weight = _pointwise_weight(weight)
+    return SparseConv3d(module.in_channels, module.out_channels, weight, bias, kernel, _triple(module.stride),
+                        _triple(module.padding), _triple(module.dilation), kind == "subm" or pointwise,
+                        activation, module.indice_key, pointwise, path)
+
+
+def _target(conv: SparseConv3d | SparseInverseConv3d) -> str:
+    if isinstance(conv, SparseInverseConv3d):
+        kind = "inverse"
+        name = "SparseInverseConv3d"
+    else:
+        kind = "1x1" if conv.pointwise else ("subm" if conv.subm else f"stride={list(conv.stride)}")
+        name = "SparseConv3d"
+    return f"{name}({kind}{', relu' if conv.activation == 'relu' else ''})"
+
+
+def _foldable_bn(module: nn.Module) -> bool:
+    """Eval-mode BatchNorm1d with running stats (spconv's SparseBatchNorm included)."""
+    return isinstance(module, nn.BatchNorm1d | nn.SyncBatchNorm) and module.running_mean is not None
+
+
+def _is_relu(module: nn.Module) -> bool:
+    return isinstance(module, nn.ReLU)
+
+
+def _fold_bn(conv: SparseConv3d | SparseInverseConv3d, bn: nn.BatchNorm1d) -> None:
+    """conv -> bn as one conv: W' = W * s, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+    with torch.no_grad():
+        var, mean = bn.running_var.double(), bn.running_mean.double()
+        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+        scale = gamma / torch.sqrt(var + bn.eps)
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(var)
+        weight = conv.weight.double() * scale.view(-1, 1, 1, 1, 1)
+        dtype = conv.weight.dtype
+        conv.weight = nn.Parameter(weight.to(dtype))
+        conv.bias = nn.Parameter(((bias - mean) * scale + beta).to(dtype))
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+class _Walker:
+    """Rewrites a module tree in place, collecting rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[ConversionRow] = []
+
+    def children(self, parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent._modules.items()):
+            if child is not None:
+                parent._modules[name] = self.module(child, _join(prefix, name))
+
+    def module(self, module: nn.Module, path: str) -> nn.Module:
+        """The replacement of ``module`` (itself, its children rewritten, when nothing applies)."""
+        kind = type(module)
+        if kind is _sp.SparseSequential:
+            return self.sequential(module, path)
+        if kind in _conv_types():
+            conv = _make_conv(module, path)
+            note = self._conv_note(conv)
+            self.rows.append(ConversionRow(path, qualified_type(module), _target(conv), note))
+            return conv
+        if kind is _sp.ToDense:
+            self.rows.append(ConversionRow(path, qualified_type(module), "ScatterDense", "[B,C,Z,Y,X] view"))
+            return ToDense()
+        plain = self.plain(module, path)
+        if plain is not None:
+            return plain
+        self.children(module, path)
+        return module
+
+    def plain(self, module: nn.Module, path: str) -> nn.Module | None:
+        """spconv's BatchNorm / ReLU / Identity wrappers -> ours (same parameters and buffers)."""
+        new: nn.Module
+        if type(module) in (_sp.SparseBatchNorm, _sp.modules.SparseSyncBatchNorm):
+            new = BatchNorm1d(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+            new.load_state_dict(module.state_dict())
+        elif type(module) is _sp.SparseReLU:
+            new = ReLU(module.inplace)
+        elif type(module) is _sp.SparseIdentity:
+            new = Identity()
+        else:
+            return None
+        new.train(module.training)
+        self.rows.append(ConversionRow(path, qualified_type(module), qualified_type(new).rsplit(".", 1)[-1],
+                                       "acts on features"))
+        return new
+
+    def sequential(self, seq: nn.Module, path: str) -> SparseSequential:
+        """SparseSequential -> ours; conv [-> BatchNorm1d] [-> ReLU] runs fold into the conv."""
+        items = [(name, m) for name, m in seq._modules.items() if m is not None]
+        self.rows.append(ConversionRow(path, qualified_type(seq), "SparseSequential (sparsefuse)",
+                                       "spconv dispatch kept"))
+        out: OrderedDict[str, nn.Module] = OrderedDict()
+        i = 0
+        while i < len(items):
+            name, child = items[i]
+            child_path = _join(path, name)
+            if type(child) not in _conv_types():
+                out[name] = self.module(child, child_path)
+                i += 1
+                continue
+            conv = _make_conv(child, child_path)
+            notes, folded = [], []
+            i += 1
+            if conv.activation == "none" and i < len(items) and _foldable_bn(items[i][1]) \
+                    and not items[i][1].training:
+                _fold_bn(conv, items[i][1])  # type: ignore[arg-type]
+                notes.append(f"{type(items[i][1]).__name__} folded")
+                folded.append((items[i], f"folded into {child_path}"))
+                i += 1
+            if conv.activation == "none" and i < len(items) and _is_relu(items[i][1]):
+                conv.activation = "relu"
+                notes.append("ReLU fused")
+                folded.append((items[i], f"fused into {child_path}"))
+                i += 1
+            self.rows.append(ConversionRow(child_path, qualified_type(child), _target(conv),
+                                           ", ".join(n for n in [*notes, self._conv_note(conv)] if n)))
+            for (fname, fmod), target in folded:
+                self.rows.append(ConversionRow(_join(path, fname), qualified_type(fmod), target))
+            out[name] = conv
+        new = SparseSequential(out)
+        new.train(seq.training)
+        return new
+
+    @staticmethod
+    def _conv_note(conv: nn.Module) -> str:
+        if isinstance(conv, SparseConv3d) and conv.pointwise:
+            return "1x1: weight re-laid out as spconv's [Cin,Cout] view"
+        key = getattr(conv, "indice_key", None)
+        return f"indice_key={key}" if key else ""
 
 
 @dataclass(frozen=True)
 class _Converter:
     library: str = "spconv"
-    supported: tuple[str, ...] = ()
+    supported: tuple[str, ...] = (
+        "SubMConv3d", "SparseConv3d", "SparseInverseConv3d", "SparseSequential", "SparseBatchNorm",
+        "SparseSyncBatchNorm", "SparseReLU", "SparseIdentity", "ToDense", "SparseConvTensor.dense",
+        "functional.sparse_add",
+    )
 
     def convert(self, model: torch.nn.Module, ctx: ConvertContext) -> list[ConversionRow]:
-        return []
+        """Rewrites ``model`` in place (it is the pass's copy); the root itself stays as it is."""
+        if _sp is None:
+            return []
+        walker = _Walker()
+        walker.children(model, "")
+        if any(isinstance(m, SparseConv3d | SparseInverseConv3d) for m in model.modules()):
+            walker.rows += _install_sparse_add(model)
+        return walker.rows
 
 
 CONVERTER = _Converter()
