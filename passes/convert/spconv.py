@@ -21,6 +21,7 @@ torch.export traces through it.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from collections import OrderedDict
@@ -177,6 +178,11 @@ class SparseConv3d(_BaseModule):  # type: ignore[misc,valid-type]
             out = derive(input, features, input.indices, in_shape, indice_dict)
         else:
             features, coords = self._op(input, in_shape, False)
+            if torch.compiler.is_exporting():
+                # The site count is unbacked under export, and torch ops with an empty-input branch
+                # (BatchNorm1d on the features) cannot trace on it. Declare >= 1 site: a strided conv
+                # over a non-empty input loses every site only when all fall off the grid edge.
+                torch._check(features.shape[0] >= 1)
             out_shape = output_spatial_shape(in_shape, *self._geometry(), False)
             if self.indice_key is not None:
                 self._record_downsample(indice_dict, input.indices, in_shape, out_shape)
@@ -423,6 +429,7 @@ def _make_conv(module: Any, path: str) -> SparseConv3d | SparseInverseConv3d:
     if kind == "inverse" and not pointwise:
         if module.indice_key is None:
             raise SparsefuseError(f"{path}: SparseInverseConv3d without indice_key", "give it its conv's key")
+        importlib.import_module("sparsefuse.plugins.sparse_inverse_conv3d")  # registers its torch op
         return SparseInverseConv3d(module.in_channels, module.out_channels, weight, bias, kernel, activation,
                                    module.indice_key, path)
     if pointwise:
