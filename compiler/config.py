@@ -19,10 +19,12 @@ SPARSITY_FILE_SUFFIXES = (".json", ".toml")
 
 @dataclass(frozen=True)
 class CompileConfig:
-    """model: preset name; target: target tag; out: artifact directory; rig: rig JSON (None = the
-    preset's built-in rig); seed: initial weights and export frame; verify_frames: fresh frames
-    checked; weights: safetensors checkpoint of the preset's parameters (None = seeded init);
-    sparsity: the sparsity stage's options (None = no sparsity stage)."""
+    """model: preset name, ``file.py:factory`` or ``module:factory`` (or a label for a Python
+    object given to the API); target: target tag; out: artifact directory; rig: rig JSON (presets
+    only; None = the preset's built-in rig); seed: a preset's initial weights and export frame;
+    verify_frames: frames checked; weights: safetensors (or, for a user model, a weights-only
+    .pth) checkpoint (None = the model's own init); sparsity: the sparsity stage's options (None =
+    no sparsity stage); frames: a user model's frames folder (one .npz per frame)."""
 
     model: str
     target: str
@@ -32,12 +34,20 @@ class CompileConfig:
     verify_frames: int = 3
     weights: Path | None = None
     sparsity: SparsityConfig | None = None
+    frames: Path | None = None
+
+    @property
+    def is_preset(self) -> bool:
+        from sparsefuse.models.presets import PRESETS
+
+        return self.model in PRESETS
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["out"] = self.out.as_posix()
         data["rig"] = self.rig.as_posix() if self.rig else None
         data["weights"] = self.weights.as_posix() if self.weights else None
+        data["frames"] = self.frames.as_posix() if self.frames else None
         return data  # asdict turned sparsity into a plain dict (or None)
 
     def key_dict(self) -> dict[str, Any]:
@@ -49,7 +59,8 @@ class CompileConfig:
     def model_key_dict(self) -> dict[str, Any]:
         """The fields that change the torch model and the export frame."""
         data = self.to_dict()
-        return {"model": self.model, "rig": data["rig"], "seed": self.seed, "weights": data["weights"]}
+        return {"model": self.model, "rig": data["rig"], "seed": self.seed, "weights": data["weights"],
+                "frames": data["frames"]}
 
     def sparsity_key_dict(self) -> dict[str, Any]:
         """The fields that change the sparsity stage: the torch model and the sparsity options."""
@@ -59,16 +70,26 @@ class CompileConfig:
 def make_config(
     model: str, target: str, out: str | os.PathLike[str], rig: str | os.PathLike[str] | None = None,
     seed: int = 0, verify_frames: int = 3, weights: str | os.PathLike[str] | None = None,
-    sparsity: str | None = None,
+    sparsity: str | None = None, frames: str | os.PathLike[str] | None = None, python_model: bool = False,
 ) -> CompileConfig:
     """Validate every field; a bad one raises SparsefuseError naming it and what is allowed.
     ``sparsity``: a spec ``"budget=params=0.5,allocator=rdprune,calib=4"`` or a JSON / TOML file
-    with the same keys."""
-    _check_model(model)
+    with the same keys. ``python_model``: ``model`` is only a label (the API was given an object)."""
+    preset = False if python_model else _check_model(model)
     target = _check_target(target)
     sparsity_config = _check_sparsity(sparsity) if sparsity is not None else None
+    if rig is not None and not preset:
+        raise SparsefuseError("--rig applies to the built-in presets only",
+                              "a user model carries its own geometry; drop --rig")
+    if frames is not None and preset:
+        raise SparsefuseError("--frames applies to user models only",
+                              "presets make their own frames; drop --frames, or pass --model file.py:factory")
+    if frames is None and not preset and not python_model:
+        raise SparsefuseError(f"--model {model} needs frames",
+                              "pass --frames DIR (one .npz per frame, keys = the forward's argument names)")
     rig_path = _check_rig(rig) if rig is not None else None
-    weights_path = _check_weights(weights) if weights is not None else None
+    weights_path = _check_weights(weights, preset) if weights is not None else None
+    frames_path = _check_frames(frames) if frames is not None else None
     if not isinstance(seed, int) or seed < 0:
         raise SparsefuseError(f"--seed must be a non-negative integer, got {seed!r}", "e.g. --seed 0")
     if not isinstance(verify_frames, int) or not 1 <= verify_frames <= MAX_VERIFY_FRAMES:
@@ -78,16 +99,24 @@ def make_config(
         )
     out_path = _check_out(Path(out))
     return CompileConfig(model, target, out_path, rig_path, seed, verify_frames, weights_path,
-                         sparsity_config)
+                         sparsity_config, frames_path)
 
 
-def _check_model(name: str) -> None:
-    from sparsefuse.models.presets import get_preset
+def _check_model(name: str) -> bool:
+    """True for a preset; a user reference is checked cheaply (its file exists), not imported."""
+    from sparsefuse.compiler.model_interface import parse_model_ref
 
-    try:
-        get_preset(name)
-    except (KeyError, ValueError) as exc:  # presets raise SparsefuseError; be safe with the rest
-        raise SparsefuseError(f"unknown model {name!r}", "see `sparsefuse compile --help`") from exc
+    return parse_model_ref(name).is_preset
+
+
+def _check_frames(frames: str | os.PathLike[str]) -> Path:
+    path = Path(frames)
+    if not path.is_dir():
+        raise SparsefuseError(f"frames folder not found: {path}", "--frames takes a folder of .npz files")
+    if not any(path.glob("*.npz")):
+        raise SparsefuseError(f"no .npz frames in {path}",
+                              "save each frame with numpy.savez(path, **{argument name: array})")
+    return path.resolve()
 
 
 def _check_target(tag: str) -> str:
@@ -141,15 +170,23 @@ def _check_rig(rig: str | os.PathLike[str]) -> Path:
     return path.resolve()
 
 
-def _check_weights(weights: str | os.PathLike[str]) -> Path:
-    """The checkpoint must exist and be a readable safetensors file; whether it fits the model
-    is checked when the model is built (models/train.py load_checkpoint)."""
+def _check_weights(weights: str | os.PathLike[str], preset: bool = True) -> Path:
+    """The checkpoint must exist and be a readable safetensors file (a user model may also take a
+    weights-only .pth); whether it fits the model is checked when the model is built."""
     from safetensors import SafetensorError, safe_open
+
+    from sparsefuse.compiler.model_interface import WEIGHT_SUFFIXES
 
     path = Path(weights)
     if not path.is_file():
         raise SparsefuseError(f"weights file not found: {path}",
                               "pass a .safetensors checkpoint written by `sparsefuse train` (--weights)")
+    if not preset:
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise SparsefuseError(f"weights file {path.name} has an unknown type",
+                                  f"--weights takes one of {', '.join(WEIGHT_SUFFIXES)}")
+        if path.suffix != ".safetensors":
+            return path.resolve()
     try:
         with safe_open(str(path), framework="pt") as handle:
             handle.keys()

@@ -35,6 +35,7 @@ from sparsefuse.layout import engine_rel, lowered_rel
 
 SCHEMA_VERSION = 1
 EXPORT_ONNX = "export/model.onnx"
+CONVERSION_JSON = "export/conversion.json"
 SPARSITY_DIR = "sparsity"
 SPARSITY_ONNX = "sparsity/model.onnx"
 PLAN_JSON = "sparsity/plan.json"
@@ -56,8 +57,11 @@ class CompileResult:
     wall_s: float
 
 
-def compile_model(config: CompileConfig, progress: Progress | None = None) -> CompileResult:
-    """Run every stage for ``config`` (already validated) and write OUT/compile.json last."""
+def compile_model(
+    config: CompileConfig, progress: Progress | None = None, source: Any = None
+) -> CompileResult:
+    """Run every stage for ``config`` (already validated) and write OUT/compile.json last.
+    ``source``: a ModelSource (compiler/model_source.py) the Python API already built."""
     from sparsefuse.targets.registry import get_target
 
     start = time.perf_counter()
@@ -65,14 +69,14 @@ def compile_model(config: CompileConfig, progress: Progress | None = None) -> Co
     remove_outputs(out, ["compile.json"])  # stale until this compile completes
     progress = progress or NullProgress()
     run = StageRunner(out, tool_versions(), progress)
-    torch_side = TorchSide(config)
-    inputs = input_hashes(config)
+    torch_side = TorchSide(config, source)
+    inputs = input_hashes(config, torch_side)
     lowered, engine = lowered_rel(target.tag), engine_rel(target.tag)
     target_cfg = {"target": target.tag, "backend": target.backend}
     frames_cfg = {**target_cfg, **config.model_key_dict(), "profile_frames": PROFILE_FRAMES}
     verify_files = [*VERIFY_FILES, *([RUNNABLE_ONNX] if target.backend == "tensorrt" else [])]
 
-    export = run.run("export", inputs, config.model_key_dict(), [EXPORT_ONNX],
+    export = run.run("export", inputs, config.model_key_dict(), [EXPORT_ONNX, CONVERSION_JSON],
                      lambda: _export(torch_side, out, progress))
     graph, graph_stage = EXPORT_ONNX, export
     if config.sparsity is not None:
@@ -119,33 +123,42 @@ def compile_record(config: CompileConfig, inputs: dict[str, str], result: Compil
     }
 
 
-def input_hashes(config: CompileConfig) -> dict[str, str]:
-    """Hashes of the user-given inputs (rig, weights); the model code is in the tool versions'
-    source digest."""
+def input_hashes(config: CompileConfig, torch_side: TorchSide | None = None) -> dict[str, str]:
+    """Hashes of the user-given inputs: rig, weights, and for a user model its code and frames
+    (a preset's code is in the tool versions' source digest)."""
     rig = sha256_file(config.rig) if config.rig else "builtin"
     weights = sha256_file(config.weights) if config.weights else f"seeded init (seed {config.seed})"
-    return {"rig": rig, "weights": weights}
+    hashes = {"rig": rig, "weights": weights}
+    if not config.is_preset:
+        side = torch_side or TorchSide(config)
+        hashes.update(side.source.digests())
+    return hashes
 
 
 class TorchSide:
-    """The PyTorch model and the synthetic frames, built lazily (a fully cached recompile needs
-    neither)."""
+    """The PyTorch side of a compile, through the model interface (compiler/model_source.py):
+    the reference model, the converted model that is exported and pruned, and the frames. Built
+    lazily (a fully cached recompile of a preset needs none of it)."""
 
-    def __init__(self, config: CompileConfig) -> None:
+    def __init__(self, config: CompileConfig, source: Any = None) -> None:
         self.config = config
+        self._source = source
         self.plan: Path | None = None  # a sparsity plan.json: the reference is then the pruned model
 
     @functools.cached_property
+    def source(self) -> Any:
+        from sparsefuse.compiler.model_source import source_from_config
+
+        return self._source if self._source is not None else source_from_config(self.config, self.rig)
+
+    @property
+    def spec(self) -> Any:
+        return self.source.spec
+
+    @functools.cached_property
     def preset(self) -> Any:
-        """The preset, with the camera count and point range of a user rig (for the frames)."""
-        from dataclasses import replace
-
-        from sparsefuse.models.presets import get_preset
-
-        preset = get_preset(self.config.model)
-        if self.rig is not None:
-            preset = replace(preset, num_cameras=len(self.rig.cameras), point_range=self.rig.point_range)
-        return preset
+        """The preset (presets only), with the camera count and point range of a user rig."""
+        return self.source.frames.preset
 
     @functools.cached_property
     def rig(self) -> Any:
@@ -158,7 +171,7 @@ class TorchSide:
 
     @property
     def model(self) -> Any:
-        """The reference model: the pruned one once ``plan`` is set, else the dense one."""
+        """The converted model: pruned once ``plan`` is set, else dense."""
         return self.dense_model if self.plan is None else self.pruned_model
 
     @functools.cached_property
@@ -174,27 +187,31 @@ class TorchSide:
         apply_plan_torch(pruned, read_plan(self.plan))
         return pruned
 
-    @functools.cached_property
+    @property
     def dense_model(self) -> Any:
-        from sparsefuse.models.presets import build_model
+        """The converted (exportable) model, before any pruning."""
+        return self.source.converted
 
-        model = build_model(self.config.model, rig=self.rig, seed=self.config.seed)
-        if self.config.weights is not None:
-            from sparsefuse.models.train import load_checkpoint
-
-            load_checkpoint(model, self.config.weights)
-        return model.eval()
+    @property
+    def reference_model(self) -> Any:
+        """What verify compares against: the user's ORIGINAL model, or the pruned converted model
+        once a sparsity plan is applied (a plan prunes the converted weights)."""
+        return self.source.original if self.plan is None else self.pruned_model
 
     def frame(self, seed: int, num_points: int | None = None) -> dict[str, np.ndarray]:
-        from sparsefuse.models.frames import random_frame
-
-        frame = random_frame(self.preset, seed, num_points=num_points)
-        return {name: _to_numpy(frame[name]) for name in ("images", "points")}
+        """A seeded synthetic frame (presets only)."""
+        return self.source.frames.frame(seed, num_points)
 
     def forward(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+        """The reference outputs (see ``reference_model``) by output name."""
+        return self._run(self.reference_model, frame)
 
-        from sparsefuse.passes.export import OUTPUT_NAMES
+    def converted_forward(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The converted model's outputs (the torch side of what was exported)."""
+        return self._run(self.model, frame)
+
+    def _run(self, model: Any, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
 
         previous = torch.get_num_threads()
         # The reference is index-heavy (gather / index_add per kernel offset); on a shared, busy
@@ -202,62 +219,57 @@ class TorchSide:
         # with 1 thread vs 3-18 s with 2 on our loaded 2-core machine. Speed is not its job.
         torch.set_num_threads(REFERENCE_THREADS)
         try:
-            with torch.inference_mode():
-                outs = self.model(torch.from_numpy(frame["images"]), torch.from_numpy(frame["points"]))
+            return self.source.forward(model, frame)
         finally:
             torch.set_num_threads(previous)
-        return {name: t.detach().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outs, strict=True)}
 
     def export_frame(self) -> dict[str, np.ndarray]:
-        return self.frame(self.config.seed)
+        return self.source.frames.export_frame()
 
     def calibration_frames(self, count: int) -> list[dict[str, Any]]:
-        """``count`` torch frames for the sparsity stage, seeds apart from export and verify."""
+        """``count`` torch frames for the sparsity stage (presets: seeds apart from export and
+        verify; user models: their frames)."""
         import torch
 
-        return [{k: torch.from_numpy(v) for k, v in self.frame(self.config.seed + 1000 + i).items()}
-                for i in range(count)]
+        return [{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in f.items()}
+                for f in self.source.frames.calibration_frames(count)]
 
     def profile_frames(self) -> list[dict[str, np.ndarray]]:
         """The profile stage's frames (also sizing TensorRT's optimization profile)."""
         return [frame for _, frame in self.verify_frames(PROFILE_FRAMES)]
 
     def verify_frames(self, count: int) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-        """``count`` fresh frames: seeds never used at export and point counts that differ from
-        the export frame's (so the dynamic ``num_points`` axis is exercised)."""
-        export_points = int(self.export_frame()["points"].shape[0])
-        frames = []
-        for i in range(count):
-            seed = self.config.seed + 1 + i
-            scale = (0.6, 0.85, 1.2, 0.7, 1.1)[i % 5]
-            num_points = max(16, int(export_points * scale) + i)
-            frame = self.frame(seed, num_points=num_points)
-            info = {"seed": seed, "num_points": int(frame["points"].shape[0]),
-                    "export_num_points": export_points}
-            frames.append((info, frame))
-        return frames
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.ascontiguousarray(value, dtype=np.float32)
+        """``count`` frames not used at export (presets: fresh seeds and point counts unlike the
+        export frame's; user models: their frames after the first)."""
+        spec_inputs = self.spec.input_names
+        return [(info, {k: frame[k] for k in spec_inputs})
+                for info, frame in self.source.frames.verify_frames(count)]
 
 
 # --- stages: each writes its outputs atomically and returns its details -------------------
 
 def _export(torch_side: TorchSide, out: Path, progress: Progress) -> dict[str, Any]:
+    """export/model.onnx from the converted model, and export/conversion.json: what the conversion
+    pass rewrote into our ops, what it kept, and the model spec."""
     import torch
 
     from sparsefuse.passes.export import export_model, read_param_map
     from sparsefuse.passes.manager import PassContext, run_producer
 
-    frame = {k: torch.from_numpy(v) for k, v in torch_side.export_frame().items()}
+    frame = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in torch_side.export_frame().items()}
     ctx = PassContext(log=progress.log)
-    model, record = run_producer("export", lambda: export_model(torch_side.dense_model, frame), ctx)
+    report = torch_side.source.conversion[1]
+    model, record = run_producer(
+        "export", lambda: export_model(torch_side.dense_model, frame, spec=torch_side.spec), ctx)
+    write_json(out / CONVERSION_JSON, {"schema_version": SCHEMA_VERSION, "model": torch_side.source.label,
+                                       "spec": torch_side.spec.to_dict(), **report.to_dict(),
+                                       "warnings": torch_side.source.warnings()})
     write_bytes(out / EXPORT_ONNX, model.SerializeToString())
-    return {"passes": [record.to_dict()], "num_points": int(frame["points"].shape[0]),
-            "params_mapped": len(read_param_map(model)), "custom_nodes": _custom_op_counts(model)}
+    sizes = {dim: int(frame[item.name].shape[axis])
+             for item in torch_side.spec.inputs for axis, dim in item.dynamic}
+    return {"passes": [record.to_dict()], "num_points": sizes.get("num_points"), "dynamic": sizes,
+            "params_mapped": len(read_param_map(model)), "custom_nodes": _custom_op_counts(model),
+            "converted": len(report.converted)}
 
 
 def _sparsity(torch_side: TorchSide, out: Path, config: CompileConfig) -> dict[str, Any]:
@@ -272,8 +284,9 @@ def _sparsity(torch_side: TorchSide, out: Path, config: CompileConfig) -> dict[s
     torch.set_num_threads(REFERENCE_THREADS)  # many small forwards: see TorchSide.forward
     try:
         with atomic_dir(out / SPARSITY_DIR) as tmp:
-            _, pruned_onnx, plan = run_sparsity_stage(torch_side.dense_model, onnx.load(out / EXPORT_ONNX),
-                                                      spec, tmp, frames)
+            _, pruned_onnx, plan = run_sparsity_stage(
+                torch_side.dense_model, onnx.load(out / EXPORT_ONNX), spec, tmp, frames,
+                forward=torch_side.source.torch_forward)
             write_bytes(tmp / Path(SPARSITY_ONNX).name, pruned_onnx.SerializeToString())
     finally:
         torch.set_num_threads(previous)
@@ -336,11 +349,30 @@ def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, target:
         model,
     )
     reference = ("the PRUNED PyTorch model (sparsity/plan.json applied)" if torch_side.plan
-                 else "the PyTorch model")
-    write_json(out / "verify.json",
-               {**report.to_dict(), "checked": checked, "onnx": model, "reference": reference})
-    return {"pass": report.passed, "polygraphy_pass": report.polygraphy_passed,
+                 else "the PyTorch model" if torch_side.source.is_preset
+                 else "the ORIGINAL user model (third-party modules as written)")
+    doc = {**report.to_dict(), "checked": checked, "onnx": model, "reference": reference}
+    if torch_side.plan is None and not torch_side.source.is_preset:
+        doc["conversion"] = conversion_check(torch_side, [frame for _, frame in pairs])
+    write_json(out / "verify.json", doc)
+    return {"pass": report.passed, "polygraphy_pass": report.polygraphy_passed, "reference": reference,
             "polygraphy_command": report.polygraphy_command, "checked": checked}
+
+
+def conversion_check(torch_side: TorchSide, frames: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The converted torch model against the original on the verify frames, per output: where a
+    verify failure comes from (conversion or export)."""
+    from sparsefuse.compiler.verify import check_output
+
+    worst: dict[str, dict[str, Any]] = {}
+    for frame in frames:
+        ref, got = torch_side.forward(frame), torch_side.converted_forward(frame)
+        for name in ref:
+            check = check_output(name, got[name], ref[name]).to_dict()
+            if name not in worst or check["max_abs"] > worst[name]["max_abs"]:
+                worst[name] = check
+    return {"what": "the converted PyTorch model (our ops) against the original, worst frame per output",
+            "outputs": worst, "pass": all(c["pass"] for c in worst.values())}
 
 
 def _what_verify_runs(out: Path, lowered: str, engine: str, target: Any) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from sparsefuse.errors import SparsefuseError
 from sparsefuse.models.bevfusion import BEVFusion, init_weights
 from sparsefuse.models.rig import Rig, bev_grid_shape, load_rig
 from sparsefuse.plugins.voxelize import grid_shape
+from sparsefuse.spec import InputSpec, ModelSpec, OutputSpec, validate_spec
 
 DEFAULT_RIG = "nuscenes_6cam"
 
@@ -139,3 +140,16 @@ def build_model(name: str, rig: Rig | None = None, seed: int = 0) -> nn.Module:
         model = BEVFusion(preset, rig)
         init_weights(model)
     return model.eval()
+
+
+def preset_spec(name: str) -> ModelSpec:
+    """The presets' built-in spec: ``forward(images, points)`` with a dynamic point count; the
+    heads' consumers apply a sigmoid (segmentation and heatmap) and read box regression only where
+    the heatmap fires (boxes weighted by the heatmap's max class probability)."""
+    get_preset(name)
+    return validate_spec(ModelSpec(
+        inputs=(InputSpec("images", "float32", 4), InputSpec("points", "float32", 2, ((0, "num_points"),))),
+        outputs=(OutputSpec("seg_logits", "sigmoid"), OutputSpec("heatmap", "sigmoid"),
+                 OutputSpec("boxes", "weighted", weight_by="heatmap")),
+        modalities=(("camera", "camera"), ("lidar", "lidar"), ("fusion", "fusion"), ("head", "head")),
+    ))

@@ -74,6 +74,24 @@ def observe_dims(
     return observe_dynamic_dims(model, feeds_list)
 
 
+def observed_input_sizes(
+    onnx_path: str | os.PathLike[str], feeds_list: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, tuple[int, ...]]:
+    """{graph input: its size on its first dynamic axis, per frame} for every dynamic input fed
+    in ``feeds_list`` (LiDAR points, voxel counts, ...): the optimization profile's ranges."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    observed: dict[str, tuple[int, ...]] = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        axes = [i for i, d in enumerate(dims) if d.dim_param or d.dim_value <= 0]
+        sizes = tuple(int(f[value.name].shape[axes[0]]) for f in feeds_list if axes and value.name in f)
+        if sizes:
+            observed[value.name] = sizes
+    return observed
+
+
 def emit_engine_artifacts(
     lowered_onnx: str | os.PathLike[str],
     target: Target | str,
@@ -87,8 +105,8 @@ def emit_engine_artifacts(
 ) -> EngineArtifacts:
     """Engine artifacts for a TensorRT target into ``out_dir`` (OUT/engine/<tag with / -> _>).
 
-    Point counts for the optimization profile come from ``options`` if it names them, else from
-    ``feeds_list`` (the calibration / verification frames, input "points"), else from ``dims``.
+    Sizes for the optimization profile come from ``options`` if it names them, else from
+    ``feeds_list`` (every dynamic graph input fed there), else from ``dims`` (num_points).
     Symbolic sizes for the estimate (active voxel sites) are measured on ``feeds_list`` when
     given. Writes ``profile_path`` (profile.json + .png) when given.
     """
@@ -100,11 +118,11 @@ def emit_engine_artifacts(
     if feeds_list and not sizes:
         sizes = observe_dims(lowered_onnx, feeds_list)
     if options is None or not (options.dynamic_dims or options.shape_ranges):
-        counts = [int(f["points"].shape[0]) for f in feeds_list if "points" in f]
-        if not counts and "num_points" in sizes:
-            counts = [sizes["num_points"]]
+        observed = observed_input_sizes(lowered_onnx, feeds_list)
+        if not observed and "num_points" in sizes:
+            observed = {"points": (sizes["num_points"],)}
         base = options or TrtOptions()
-        options = replace(base, dynamic_dims=(("points", tuple(counts)),)) if counts else base
+        options = replace(base, dynamic_dims=tuple(sorted(observed.items()))) if observed else base
     built = trt_backend.build(lowered_onnx, target, options, out_dir, plugin_library=plugin_library)
     if built.engine_path is not None and feeds_list:
         profile = trt_backend.profile(built, feeds_list)

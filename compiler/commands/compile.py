@@ -13,22 +13,32 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "compile",
         help="export, [prune,] lower, build, verify and profile a model for one target",
-        description="Export the model to ONNX (custom ops as single nodes), optionally prune it "
+        description="Convert third-party modules of your model (spconv, voxelization, bev_pool) into "
+                    "sparsefuse ops, export it to ONNX (custom ops as single nodes), optionally prune it "
                     "(--sparsity), clean it up, lower it for the target, build the engine (or the "
                     "TensorRT recipes), verify it against PyTorch on fresh frames, profile it "
                     "(measured on cpu, estimated for TensorRT targets) and write report.md. "
                     "Exit codes: 0 verified, 1 verify failed, 2 usage error.",
     )
-    parser.add_argument("--model", required=True, help="model preset, e.g. bevfusion-tiny or bevfusion-base")
+    parser.add_argument("--model", required=True,
+                        help="a preset (bevfusion-tiny, bevfusion-base), or your model: "
+                             "path/to/model.py:factory or package.module:factory (the factory returns the "
+                             "nn.Module, or (module, sparsefuse.ModelSpec))")
+    parser.add_argument("--frames", default=None, metavar="DIR",
+                        help="your model's frames: one .npz per frame, keys = the forward's argument "
+                             "names; the first frame exports, the others verify")
     parser.add_argument("--target", required=True,
                         help="target tag (see `sparsefuse targets`), e.g. cpu or jetson/agx-orin-64gb, "
                              "or a target TOML file")
     parser.add_argument("--out", required=True, help="artifact directory (created if missing)")
-    parser.add_argument("--rig", default=None, help="sensor rig JSON (default: the preset's built-in rig)")
+    parser.add_argument("--rig", default=None,
+                        help="sensor rig JSON for a preset (default: the preset's built-in rig)")
     parser.add_argument("--weights", default=None,
-                        help="safetensors checkpoint of the model's parameters (default: seeded init)")
+                        help="checkpoint: .safetensors, or for your model a state dict .pth/.pt/.ckpt read "
+                             "with torch.load(weights_only=True) (mmdet3d / OpenPCDet: its state_dict / "
+                             "model entry); default: the preset's seeded init or your factory's weights")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initial weights and of the export frame")
+                        help="a preset's seed of the initial weights and of the export frame")
     parser.add_argument("--verify-frames", type=int, default=3, help="fresh frames to verify (default 3)")
     parser.add_argument("--sparsity", default=None, metavar="SPEC",
                         help="add a sparsity stage: e.g. budget=params=0.5,allocator=rdprune,"
@@ -41,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from sparsefuse.compiler.pipeline import compile_model
 
     config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames,
-                         args.weights, args.sparsity)
+                         args.weights, args.sparsity, frames=args.frames)
     names = [n for n in STAGE_NAMES if n != "sparsity" or config.sparsity is not None]
     with RichProgress(names) as progress:
         result = compile_model(config, progress)
@@ -105,7 +115,9 @@ def _summary(stage: str, details: dict[str, Any]) -> str:
     """A few words on what a stage produced, from its recorded details."""
     if stage == "export":
         nodes = details.get("custom_nodes", {})
-        return f"[dim]{sum(nodes.values())} custom nodes, {details.get('params_mapped', 0)} params mapped[/]"
+        converted = f"{details['converted']} modules converted, " if details.get("converted") else ""
+        return (f"[dim]{converted}{sum(nodes.values())} custom nodes, "
+                f"{details.get('params_mapped', 0)} params mapped[/]")
     if stage == "lower":
         return f"[dim]{len(details.get('functions', []))} function bodies[/]"
     if stage == "verify":

@@ -16,8 +16,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="reference model preset, e.g. bevfusion-tiny")
-    p.add_argument("--checkpoint", help="safetensors weights for the model (default: seeded init)")
+    p.add_argument("--model", required=True,
+                   help="a preset (e.g. bevfusion-tiny) or your model: path/to/model.py:factory or "
+                        "package.module:factory")
+    p.add_argument("--frames", default=None, metavar="DIR",
+                   help="your model's calibration frames: one .npz per frame, keys = the forward's arguments")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint",
+                   help="weights: .safetensors, or for your model a state dict .pth (default: seeded init / "
+                        "the factory's weights)")
     p.add_argument(
         "--budget",
         default="params=0.5",
@@ -70,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, frames = _load(args, config.calib)
+    model, frames, forward = _load(args, config.calib)
     out_dir = Path(args.out) / "sparsity"
-    _, _, plan = run_sparsity_stage(model, None, config, out_dir, frames)
+    extra = {"forward": forward} if forward is not None else {}
+    _, _, plan = run_sparsity_stage(model, None, config, out_dir, frames, **extra)
     counts = plan.forward_counts
     print(f"sparsity plan: {out_dir / 'plan.json'}")
     print(
@@ -88,8 +95,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace, count: int):
+    from sparsefuse.compiler.model_interface import parse_model_ref
     from sparsefuse.models.frames import random_frame
     from sparsefuse.models.presets import build_model, get_preset
+
+    ref = parse_model_ref(args.model)
+    if not ref.is_preset:
+        return _load_user_model(ref, args, count)
 
     preset = get_preset(args.model)
     model = build_model(args.model, seed=args.seed)
@@ -98,9 +110,31 @@ def _load(args: argparse.Namespace, count: int):
 
         load_checkpoint(model, args.checkpoint)  # SparsefuseError with a hint on a bad file
     if args.calib_seeds:
-        return model.eval(), _benchmark_frames(args.model, args.calib_seeds, count, args.data_cache)
+        return model.eval(), _benchmark_frames(args.model, args.calib_seeds, count, args.data_cache), None
     frames = [random_frame(preset, args.seed * 1000 + i, args.num_points) for i in range(count)]
-    return model.eval(), frames
+    return model.eval(), frames, None
+
+
+def _load_user_model(ref, args: argparse.Namespace, count: int):
+    """(converted model, calibration frames as tensors, forward) of a user's model."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from sparsefuse.compiler.model_source import factory_source
+
+    if args.frames is None:
+        from sparsefuse.errors import SparsefuseError
+
+        raise SparsefuseError(f"--model {args.model} needs calibration frames",
+                              "pass --frames DIR (one .npz per frame, keys = the forward's argument names)")
+    source = factory_source(ref, Path(args.frames), Path(args.checkpoint) if args.checkpoint else None)
+    frames = [{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in f.items()}
+              for f in source.frames.calibration_frames(count)]
+    for warning in source.warnings():
+        print(f"warning: {warning}")
+    return source.converted, frames, source.torch_forward
 
 
 def _benchmark_frames(model: str, seeds_text: str, count: int, cache_dir: str) -> list:

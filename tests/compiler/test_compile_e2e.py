@@ -25,9 +25,9 @@ from sparsefuse.plugins.common import DOMAIN
 
 STAGES = ["export", "passes", "lower", "build", "verify", "profile"]  # cached on an unchanged recompile
 ALL_STAGES = [*STAGES, "report"]  # the report shows this compile's timings: it is always rewritten
-ARTIFACTS = ["compile.json", "export/model.onnx", "passes/model.onnx", "lowered/cpu.onnx",
-             "engine/cpu/model.ort.onnx", "verify.json", "verify/inputs.json", "verify/golden.json",
-             "profile.json", "profile.png", "report.md"]
+ARTIFACTS = ["compile.json", "export/model.onnx", "export/conversion.json", "passes/model.onnx",
+             "lowered/cpu.onnx", "engine/cpu/model.ort.onnx", "verify.json", "verify/inputs.json",
+             "verify/golden.json", "profile.json", "profile.png", "report.md"]
 
 
 def _compile(out: Path, *extra: str) -> int:
@@ -194,8 +194,9 @@ def test_ctrl_c_in_a_stage_leaves_only_complete_earlier_artifacts(compiled, tmp_
     assert _compile(out) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
-    assert _files(out) == {"export/model.onnx", "passes/model.onnx", "lowered/cpu.onnx",
-                           ".cache/export.json", ".cache/passes.json", ".cache/lower.json"}
+    assert _files(out) == {"export/model.onnx", "export/conversion.json", "passes/model.onnx",
+                           "lowered/cpu.onnx", ".cache/export.json", ".cache/passes.json",
+                           ".cache/lower.json"}
     for rel in ["export/model.onnx", "passes/model.onnx", "lowered/cpu.onnx"]:
         assert sha256_file(out / rel) == sha256_file(compiled / rel)
     assert not (out / "engine" / "cpu").exists()
