@@ -1,4 +1,4 @@
-"""ONNX facade of the four custom ops: schemas, export translations, FunctionProto bodies.
+"""ONNX facade of the custom ops: schemas, export translations, FunctionProto bodies.
 
 - ``register_schemas()`` before ``torch.onnx.export(dynamo=True)``;
 - ``custom_translation_table()`` for its ``custom_translation_table=`` argument;
@@ -27,6 +27,9 @@ from sparsefuse.plugins.scatter_dense import schema as scatter_dense_schema
 from sparsefuse.plugins.sparse_conv3d import export as sparse_conv3d_export
 from sparsefuse.plugins.sparse_conv3d import function as sparse_conv3d_function
 from sparsefuse.plugins.sparse_conv3d import schema as sparse_conv3d_schema
+from sparsefuse.plugins.sparse_inverse_conv3d import export as sparse_inverse_conv3d_export
+from sparsefuse.plugins.sparse_inverse_conv3d import function as sparse_inverse_conv3d_function
+from sparsefuse.plugins.sparse_inverse_conv3d import schema as sparse_inverse_conv3d_schema
 from sparsefuse.plugins.voxelize import export as voxelize_export
 from sparsefuse.plugins.voxelize import function as voxelize_function
 from sparsefuse.plugins.voxelize import schema as voxelize_schema
@@ -48,19 +51,22 @@ def _op(schema, function, export) -> SimpleNamespace:
 OPS = {
     voxelize_schema.OP_TYPE: _op(voxelize_schema, voxelize_function, voxelize_export),
     sparse_conv3d_schema.OP_TYPE: _op(sparse_conv3d_schema, sparse_conv3d_function, sparse_conv3d_export),
+    sparse_inverse_conv3d_schema.OP_TYPE: _op(
+        sparse_inverse_conv3d_schema, sparse_inverse_conv3d_function, sparse_inverse_conv3d_export
+    ),
     scatter_dense_schema.OP_TYPE: _op(scatter_dense_schema, scatter_dense_function, scatter_dense_export),
     bev_pool_schema.OP_TYPE: _op(bev_pool_schema, bev_pool_function, bev_pool_export),
 }
 
 
 def register_schemas() -> None:
-    """Register the four OpSchemas (domain "sparsefuse", version 1) with onnx.defs; idempotent."""
+    """Register the OpSchemas (domain "sparsefuse", version 1) with onnx.defs; idempotent."""
     for op in OPS.values():
         op.register_schema()
 
 
 def custom_translation_table() -> dict[Callable, Callable]:
-    """``{torch.ops.sparsefuse.<op>.default: translation}`` for all four ops (registers the schemas)."""
+    """``{torch.ops.sparsefuse.<op>.default: translation}`` for all the ops (registers the schemas)."""
     table: dict[Callable, Callable] = {}
     for op in OPS.values():
         table.update(op.translation_table())

@@ -1,8 +1,9 @@
 """Layer discovery: every prunable weight, its modality, parameters, FLOPs and 2:4 eligibility.
 
-A prunable unit is a weight tensor used by conv1d/2d/3d, conv_transpose2d, linear or
-``sparsefuse::sparse_conv3d`` during a forward on calibration frames (DESIGN.md §5). FLOPs are
-2·MACs per frame with dense weights, averaged over the traced frames:
+A prunable unit is a weight tensor used by conv1d/2d/3d, conv_transpose2d, linear,
+``sparsefuse::sparse_conv3d`` or ``sparsefuse::sparse_inverse_conv3d`` (both kind "sparseconv3d")
+during a forward on calibration frames (DESIGN.md §5). FLOPs are 2·MACs per frame with dense
+weights, averaged over the traced frames:
 - dense conv / linear: from the traced output shape (2 · out.numel() · Cin/g · R · S);
 - transposed conv: 2 · in.numel() · Cout/g · R · S;
 - sparse conv: 2 · (kernel-map pairs measured on the frame's active sites) · Cin · Cout.
@@ -107,44 +108,40 @@ def _call_flops(call: Call, weight: torch.Tensor) -> tuple[str, float, int] | No
         return op, 2.0 * x.numel() * math.prod(weight.shape[1:]), groups
     if op == "linear" and out is not None:
         return "linear", 2.0 * out.numel() * weight.shape[1], 1
-    if op == "sparse_conv3d":
+    if op in _SPARSE_WEIGHT_ARG:
         return "sparseconv3d", 2.0 * _kernel_pairs(call) * weight.shape[0] * weight.shape[-1], 1
     return None
+
+
+# Sparse conv ops -> their argument names in order; the weight is the argument called "weight".
+_SPARSE_ARGS = {
+    "sparse_conv3d": ("features", "coords", "weight", "bias", "spatial_shape", "kernel_size", "stride",
+                      "padding", "dilation", "subm", "activation"),
+    "sparse_inverse_conv3d": ("features", "coords", "out_coords", "weight", "bias", "spatial_shape",
+                              "kernel_size", "stride", "padding", "dilation", "activation"),
+}
+_SPARSE_WEIGHT_ARG = {op: names.index("weight") for op, names in _SPARSE_ARGS.items()}
 
 
 def _kernel_pairs(call: Call) -> int:
     """Active (input, output) pairs of a sparse conv call, from its kernel map."""
     from sparsefuse.plugins.sparse_conv3d import build_kernel_map
+    from sparsefuse.plugins.sparse_inverse_conv3d import build_inverse_kernel_map
 
-    names = (
-        "features",
-        "coords",
-        "weight",
-        "bias",
-        "spatial_shape",
-        "kernel_size",
-        "stride",
-        "padding",
-        "dilation",
-        "subm",
-        "activation",
-    )
-    bound = dict(zip(names, call.args, strict=False)) | call.kwargs
-    kmap = build_kernel_map(
-        bound["coords"],
-        list(bound["spatial_shape"]),
-        list(bound["kernel_size"]),
-        list(bound["stride"]),
-        list(bound["padding"]),
-        list(bound["dilation"]),
-        bool(bound["subm"]),
-    )
+    bound = dict(zip(_SPARSE_ARGS[call.op], call.args, strict=False)) | call.kwargs
+    names = ("spatial_shape", "kernel_size", "stride", "padding", "dilation")
+    geometry = [list(bound[name]) for name in names]
+    if call.op == "sparse_inverse_conv3d":
+        kmap = build_inverse_kernel_map(bound["coords"], bound["out_coords"], *geometry)
+    else:
+        kmap = build_kernel_map(bound["coords"], *geometry, bool(bound["subm"]))
     return int(sum(int(idx.numel()) for idx in kmap.in_index))
 
 
 def _weight_arg(call: Call) -> Any:
-    if call.op == "sparse_conv3d":
-        return call.args[2] if len(call.args) > 2 else call.kwargs.get("weight")
+    if call.op in _SPARSE_WEIGHT_ARG:
+        index = _SPARSE_WEIGHT_ARG[call.op]
+        return call.args[index] if len(call.args) > index else call.kwargs.get("weight")
     if call.op in (*_DENSE_CONVS, "conv_transpose2d", "linear"):
         return call.args[1] if len(call.args) > 1 else call.kwargs.get("weight")
     return None

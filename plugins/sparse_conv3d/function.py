@@ -73,6 +73,77 @@ def _strided_sites(
     return fb.op("Concat", *[fb.unsqueeze(c, [1]) for c in cols], axis=1)
 
 
+def sorted_lookup(fb: FunctionBuilder, keys: str, queries: str) -> str:
+    """Row of each query in ``keys`` or -1: keys [N] int64 (unique, >= 0, any order), queries [Q] int64
+    (>= 0) -> [Q] int64. Exact, memory O(N + Q) whatever the grid size.
+
+    One sort of the tagged keys 2*key (inputs) and 2*query + 1 (queries) with TopK: equal keys form a
+    run whose first element is the input key when there is one. Run id = CumSum(run starts) - 1; the
+    original index of each run's first element answers every member of the run (a hit iff < N); a
+    ScatterElements through the sort permutation (unique indices, no reduction) restores query order.
+    """
+    two, one = fb.const(2), fb.const(1)
+    tagged = fb.op("Concat", fb.op("Mul", keys, two), fb.op("Add", fb.op("Mul", queries, two), one), axis=0)
+    total = fb.dim(tagged, 0)
+    values, order = fb.op("TopK", tagged, total, axis=0, largest=0, sorted=1, n_out=2)
+    run_key = fb.op("Div", values, two)
+    previous = fb.op("Concat", fb.const([-1]), fb.slice(run_key, [0], [-1], [0]), axis=0)
+    start = fb.op("Not", fb.op("Equal", run_key, previous))
+    run = fb.op("Sub", fb.op("CumSum", fb.op("Cast", start, to=I64), fb.const(0)), one)
+    first = fb.op("Gather", fb.op("Compress", order, start, axis=0), run, axis=0)  # [T] original index
+    n_keys = fb.dim(keys, 0)
+    found = fb.op("Where", fb.op("Less", first, n_keys), first, fb.const(-1))
+    restored = fb.op("ScatterElements", fb.op("Mul", tagged, fb.const(0)), order, found, axis=0)
+    return fb.op("Slice", restored, n_keys, fb.const([2**62]), fb.const([0]))
+
+
+def lookup_rows(fb: FunctionBuilder, keys: str, query_keys: str, valid: str) -> str:
+    """Input rows [M,Kt] int64 of ``query_keys`` [M,Kt] among ``keys`` [N], or N (the zero row that
+    :func:`gather_gemm` appends) where absent or not ``valid`` [M,Kt] bool."""
+    queries = fb.op("Reshape", fb.op("Where", valid, query_keys, fb.const(0)), fb.const([-1]))
+    rows = fb.op("Reshape", sorted_lookup(fb, keys, queries), fb.op("Shape", query_keys))
+    hit = fb.op("And", valid, fb.op("GreaterOrEqual", rows, fb.const(0)))
+    return fb.op("Where", hit, rows, fb.dim(keys, 0))
+
+
+def scaled_offsets(fb: FunctionBuilder, ksize: str, dil: str) -> tuple[str, str]:
+    """(k*d [Kt,3] int64 with k row-major (kx fastest), Kt [] int64)."""
+    ky_kx = fb.slice(ksize, [1], [3], [0])
+    kx = fb.slice(ksize, [2], [3], [0])
+    radix = fb.op("Concat", fb.op("ReduceProd", ky_kx, keepdims=1), kx, fb.const([1]), axis=0)
+    n_offsets = fb.op("ReduceProd", ksize, keepdims=0)
+    k_index = fb.unsqueeze(fb.op("Range", fb.const(0), n_offsets, fb.const(1)), [1])  # [Kt,1]
+    return fb.op("Mul", fb.op("Mod", fb.op("Div", k_index, radix), ksize), dil), n_offsets
+
+
+def regular_out_shape(fb: FunctionBuilder, grid: str, ksize: str, stride: str, pad: str, dil: str) -> str:
+    """[3] int64 output grid of a regular conv: (in + 2p - d(k-1) - 1)/s + 1 (may be <= 0)."""
+    one = fb.const(1)
+    reach = fb.op("Add", fb.op("Mul", dil, fb.op("Sub", ksize, one)), one)  # d(k-1) + 1
+    numerator = fb.op("Sub", fb.op("Add", grid, fb.op("Mul", pad, fb.const(2))), reach)
+    return fb.op("Add", fb.op("Div", numerator, stride), one)
+
+
+def gather_gemm(fb: FunctionBuilder, nbr: str, n_offsets: str) -> str:
+    """act(Gemm(features gathered through nbr [M,Kt] (N = zero row), weight) + bias): [M,Cout]."""
+    cin = fb.dim("features", 1)
+    padded = fb.op(
+        "Concat",
+        "features",
+        fb.zeros_like_type(fb.op("Concat", fb.const([1]), cin, axis=0), "features"),
+        axis=0,
+    )
+    gathered = fb.op("Gather", padded, nbr, axis=0)  # [M,Kt,Cin]
+    flat_shape = fb.op("Concat", fb.dim(nbr, 0), fb.op("Mul", fb.unsqueeze(n_offsets, [0]), cin), axis=0)
+    gathered = fb.op("Reshape", gathered, flat_shape)
+    weight = fb.op("Reshape", "weight", fb.op("Concat", fb.dim("weight", 0), fb.const([-1]), axis=0))
+    out = fb.op("Gemm", gathered, weight, "bias", transB=1)
+    # activation == "relu", tested with Unique so that the body needs no string Equal (opset 19).
+    names = fb.op("Concat", fb.unsqueeze(fb.attr("activation"), [0]), fb.const_string("relu"), axis=0)
+    is_relu = fb.op("Equal", fb.op("Size", fb.op("Unique", names)), fb.const(1))
+    return fb.op("Where", is_relu, fb.op("Relu", out), out)
+
+
 def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     """The FunctionProto ``sparsefuse::SparseConv3d`` with its body in the standard domain at ``opset``."""
     fb = FunctionBuilder(SPEC)
@@ -84,18 +155,8 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     coords = fb.op("Cast", "coords", to=I64)
     b = fb.slice(coords, [0], [1], [1])  # [N,1]
     xyz = fb.slice(coords, [1], [4], [1])  # [N,3]
-
-    # Kernel offsets, row-major (kx fastest): off[k] = (k // [ky*kx, kx, 1]) % K.
-    ky_kx = fb.slice(ksize, [1], [3], [0])
-    kx = fb.slice(ksize, [2], [3], [0])
-    radix = fb.op("Concat", fb.op("ReduceProd", ky_kx, keepdims=1), kx, fb.const([1]), axis=0)
-    n_offsets = fb.op("ReduceProd", ksize, keepdims=0)
-    k_index = fb.unsqueeze(fb.op("Range", fb.const(0), n_offsets, one), [1])  # [Kt,1]
-    off_d = fb.op("Mul", fb.op("Mod", fb.op("Div", k_index, radix), ksize), dil)  # [Kt,3]
-
-    reach = fb.op("Add", fb.op("Mul", dil, fb.op("Sub", ksize, one)), one)  # d(k-1) + 1
-    numerator = fb.op("Sub", fb.op("Add", grid, fb.op("Mul", pad, fb.const(2))), reach)
-    regular_shape = fb.op("Add", fb.op("Div", numerator, stride), one)  # (in + 2p - d(k-1) - 1)/s + 1
+    off_d, n_offsets = scaled_offsets(fb, ksize, dil)
+    regular_shape = regular_out_shape(fb, grid, ksize, stride, pad, dil)
     # Decoding divides by the output grid: keep it >= 1 even where it is empty (a submanifold conv
     # never uses it, but ORT rejects a constant zero divisor when it builds the Mod kernel).
     key_shape = fb.op("Max", regular_shape, one)
@@ -116,7 +177,7 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     out_b = fb.slice(out_coords, [0], [1], [1])  # [M,1]
     out_xyz = fb.slice(out_coords, [1], [4], [1])  # [M,3]
 
-    # Input site of (output o, offset k): o*s' - p' + k*d, looked up in a dense index table.
+    # Input site of (output o, offset k): o*s' - p' + k*d, looked up among the input keys.
     query = fb.op(
         "Add",
         fb.unsqueeze(fb.op("Sub", fb.op("Mul", out_xyz, eff_stride), eff_pad), [1]),
@@ -125,40 +186,10 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     inside = _all_last(
         fb, fb.op("And", fb.op("GreaterOrEqual", query, fb.const(0)), fb.op("Less", query, grid))
     )
-    query_key = fb.op("Where", inside, _linear_key(fb, out_b, query, grid), fb.const(0))
-    b_flat = fb.op("Reshape", b, fb.const([-1]))
-    n_batch = fb.op(
-        "Add", fb.op("ReduceMax", fb.op("Concat", b_flat, fb.const([0]), axis=0), keepdims=1), one
-    )
-    table_size = fb.op("Mul", n_batch, fb.op("ReduceProd", grid, keepdims=1))
-    table = fb.op(
-        "ConstantOfShape", table_size, value=onnx.helper.make_tensor("v", TensorProto.INT32, [1], [-1])
-    )
-    rows = fb.op("Cast", fb.op("Range", fb.const(0), fb.squeeze(n_in, [0]), one), to=TensorProto.INT32)
-    table = fb.op("ScatterND", table, fb.unsqueeze(_linear_key(fb, b_flat, xyz, grid), [1]), rows)
-    nbr = fb.op("Cast", fb.op("Gather", table, query_key, axis=0), to=I64)  # [M,Kt]
-    hit = fb.op("And", inside, fb.op("GreaterOrEqual", nbr, fb.const(0)))
-    nbr = fb.op("Where", hit, nbr, n_in)  # misses read the zero row appended at index N
-
-    cin = fb.dim("features", 1)
-    padded = fb.op(
-        "Concat",
-        "features",
-        fb.zeros_like_type(fb.op("Concat", fb.const([1]), cin, axis=0), "features"),
-        axis=0,
-    )
-    gathered = fb.op("Gather", padded, nbr, axis=0)  # [M,Kt,Cin]
-    n_out = fb.dim(out_coords, 0)
-    flat_shape = fb.op("Concat", n_out, fb.op("Mul", fb.unsqueeze(n_offsets, [0]), cin), axis=0)
-    gathered = fb.op("Reshape", gathered, flat_shape)
-    weight = fb.op("Reshape", "weight", fb.op("Concat", fb.dim("weight", 0), fb.const([-1]), axis=0))
-    out = fb.op("Gemm", gathered, weight, "bias", transB=1)
-
-    # activation == "relu", tested with Unique so that the body needs no string Equal (opset 19).
-    names = fb.op("Concat", fb.unsqueeze(fb.attr("activation"), [0]), fb.const_string("relu"), axis=0)
-    is_relu = fb.op("Equal", fb.op("Size", fb.op("Unique", names)), one)
-    out = fb.op("Where", is_relu, fb.op("Relu", out), out)
-    num_out = fb.op("Cast", fb.squeeze(n_out, [0]), to=TensorProto.INT32)  # [] = M (TensorRT's size tensor)
+    keys = _linear_key(fb, fb.op("Reshape", b, fb.const([-1])), xyz, grid)
+    nbr = lookup_rows(fb, keys, _linear_key(fb, out_b, query, grid), inside)  # [M,Kt]
+    out = gather_gemm(fb, nbr, n_offsets)
+    num_out = fb.op("Cast", fb.squeeze(fb.dim(out_coords, 0), [0]), to=TensorProto.INT32)  # TensorRT's size
     return fb.build([out, fb.op("Cast", out_coords, to=TensorProto.INT32), num_out], opset)
 
 

@@ -194,22 +194,30 @@ def _sparse_conv3d_setup(ctx, inputs, output) -> None:
     ctx.relu = act == "relu"
 
 
-def _sparse_conv3d_backward(ctx, grad_out, _grad_coords):
-    """Gradients of features, weight and bias over the same kernel map (rebuilt from the coords)."""
-    features, coords, weight, out = ctx.saved_tensors
-    g = grad_out * (out > 0).to(grad_out.dtype) if ctx.relu else grad_out
+def kernel_map_grads(
+    features: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, kmap: KernelMap
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad features [N,Cin], grad weight [Cout,kz,ky,kx,Cin]) of apply_kernel_map before its bias and
+    activation, given ``grad`` [M,Cout] of its output."""
     c_out, c_in = weight.shape[0], weight.shape[-1]
     w = weight.reshape(c_out, -1, c_in)
     grad_f = torch.zeros_like(features)
     grad_w = torch.zeros_like(w)
-    kmap = build_kernel_map(coords, *ctx.map_args)
     for k, (src, dst) in enumerate(zip(kmap.in_index, kmap.out_index, strict=True)):
         if src.numel():
-            gd = g[dst]
+            gd = grad[dst]
             grad_f.index_add_(0, src, gd @ w[:, k, :])
             grad_w[:, k, :] = gd.t() @ features[src]
+    return grad_f, grad_w.view_as(weight)
+
+
+def _sparse_conv3d_backward(ctx, grad_out, _grad_coords):
+    """Gradients of features, weight and bias over the same kernel map (rebuilt from the coords)."""
+    features, coords, weight, out = ctx.saved_tensors
+    g = grad_out * (out > 0).to(grad_out.dtype) if ctx.relu else grad_out
+    grad_f, grad_w = kernel_map_grads(features, weight, g, build_kernel_map(coords, *ctx.map_args))
     grad_b = g.sum(0) if ctx.has_bias else None
-    return grad_f, None, grad_w.view_as(weight), grad_b, None, None, None, None, None, None, None
+    return grad_f, None, grad_w, grad_b, None, None, None, None, None, None, None
 
 
 sparse_conv3d.register_autograd(_sparse_conv3d_backward, setup_context=_sparse_conv3d_setup)

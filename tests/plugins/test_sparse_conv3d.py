@@ -435,3 +435,30 @@ def test_auto_lookup_falls_back_to_sorted_keys_for_big_grids(monkeypatch):
     assert calls == ["sorted", "table"]
     with pytest.raises(ValueError, match="lookup"):
         reference.build_kernel_map(coords, *base, lookup="hash")
+
+
+@pytest.mark.parametrize("subm", [True, False])
+def test_function_on_a_grid_too_big_for_a_dense_table(subm):
+    """2x64x2048x2048 grid (537M cells, a 2 GiB int32 table): the body's sorted lookup needs memory for
+    the sites only and matches the reference's sorted-key kernel map exactly."""
+    from sparsefuse.plugins.sparse_conv3d.reference import apply_kernel_map, build_kernel_map
+
+    shape = [64, 2048, 2048]
+    gen = torch.Generator().manual_seed(11)
+    centers = torch.stack([torch.randint(0, 2, (16,), generator=gen)]
+                          + [torch.randint(2, s - 2, (16,), generator=gen) for s in shape], 1)
+    near = centers.repeat_interleave(25, 0)
+    near[:, 1:] += torch.randint(-2, 3, (400, 3), generator=gen)
+    coords = torch.unique(near, dim=0).int()
+    coords = coords[torch.randperm(coords.shape[0], generator=gen)]
+    case = {"activation": "relu", "attrs": {"spatial_shape": shape, "kernel_size": [3, 3, 3],
+                                            "stride": [1 if subm else 2] * 3, "padding": [1, 1, 1],
+                                            "dilation": [1, 1, 1], "subm": subm}}
+    features = torch.randn(coords.shape[0], 4, generator=gen)
+    weight, bias = torch.randn(3, 3, 3, 3, 4, generator=gen), torch.randn(3, generator=gen)
+    kmap = build_kernel_map(coords, *case["attrs"].values(), lookup="sorted")
+    assert sum(int(i.numel()) for i in kmap.in_index) > 2 * coords.shape[0]  # real neighbourhoods
+    ref = apply_kernel_map(features, weight, bias, kmap, "relu")
+    out, out_coords = run_function(case, features, coords, weight, bias)
+    np.testing.assert_array_equal(out_coords, kmap.out_coords.numpy())
+    assert within_fp32_tolerance(out, ref.numpy())

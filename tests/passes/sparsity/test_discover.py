@@ -72,3 +72,37 @@ def test_lamp_scores_and_erk_budget():
     levels = erk_levels(shapes, costs, 0.3)
     kept = sum(c * (1 - lv) for c, lv in zip(costs, levels, strict=True))
     assert kept == pytest.approx(0.3 * sum(costs)) and levels[0] < levels[1]
+
+
+class DownUp(nn.Module):
+    """A strided sparse conv and its inverse (spconv SparseInverseConv3d), both prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(8, 3, 3, 3, 4))
+        self.up = nn.Parameter(torch.randn(4, 3, 3, 3, 8))
+
+    def forward(self, frame):
+        features, coords = frame
+        geometry = ([3, 3, 3], [2, 2, 2], [1, 1, 1], [1, 1, 1])
+        ops = torch.ops.sparsefuse
+        x, c = ops.sparse_conv3d(features, coords, self.down, None, [6, 6, 6], *geometry, False, "relu")
+        return ops.sparse_inverse_conv3d(x, c, coords, self.up, None, [6, 6, 6], *geometry, "none")
+
+
+def test_sparse_inverse_conv_is_a_sparseconv3d_layer_with_kernel_map_flops():
+    from sparsefuse.plugins.sparse_conv3d import build_kernel_map
+    from sparsefuse.plugins.sparse_inverse_conv3d import build_inverse_kernel_map
+
+    keys = torch.randperm(216, generator=torch.Generator().manual_seed(0))[:40]
+    coords = torch.stack([torch.zeros_like(keys), keys // 36, (keys // 6) % 6, keys % 6], 1).int()
+    frame = (torch.randn(40, 4), coords)
+    layers, _ = discover_layers(DownUp().eval(), [frame], lambda m, f: m(f))
+    by = {layer.name: layer for layer in layers}
+    assert by["up"].kind == by["down"].kind == "sparseconv3d" and by["up"].shape == (4, 3, 3, 3, 8)
+    geometry = ([6, 6, 6], [3, 3, 3], [2, 2, 2], [1, 1, 1], [1, 1, 1])
+    down_map = build_kernel_map(coords, *geometry, False)
+    up_map = build_inverse_kernel_map(down_map.out_coords, coords, *geometry)
+    pairs = sum(int(i.numel()) for i in up_map.in_index)
+    assert pairs == sum(int(i.numel()) for i in down_map.in_index)  # the inverse map mirrors the forward one
+    assert by["up"].flops == 2 * pairs * 4 * 8 and by["down"].flops == 2 * pairs * 8 * 4
