@@ -161,6 +161,31 @@ def test_reference_model_report_and_parameter_names(reference) -> None:
     assert "| path | was | now | note |" in report.table()
 
 
+def test_reference_model_runs_in_onnxruntime_after_export(reference) -> None:
+    """The converted copy through the export pass (ONNX, parameter names kept) and onnxruntime
+    (the ops' function bodies), against spconv on a frame of another voxel count."""
+    ort = pytest.importorskip("onnxruntime")
+    from sparsefuse.passes.export import export_model, read_param_map
+    from sparsefuse.plugins import onnx_ops
+    from sparsefuse.spec import InputSpec, ModelSpec, OutputSpec
+
+    name, model, converted, _, frames = reference
+    spec = ModelSpec(inputs=(InputSpec("voxel_features", "float32", 2, ((0, "num_voxels"),)),
+                             InputSpec("voxel_coords", "int32", 2, ((0, "num_voxels"),))),
+                     outputs=(OutputSpec("out"),))
+    proto = export_model(converted, {k: torch.from_numpy(v) for k, v in frames[0].items()}, spec=spec)
+    param_map = read_param_map(proto)
+    assert set(param_map) == {k for k, _ in converted.named_parameters()}
+    # the user's names; a folded conv that had no bias gains one at its own path
+    assert all(k.endswith(".bias") for k in set(param_map) - set(model.state_dict()))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(onnx_ops.attach_functions(proto).SerializeToString(), options)
+    (out,) = session.run(None, dict(frames[1]))
+    with torch.no_grad():
+        _assert_close(torch.from_numpy(out), model(*_args(frames[1])))
+
+
 def test_callers_model_is_untouched() -> None:
     module = _load("second_encoder")
     model = module.build(0)
@@ -262,6 +287,36 @@ def test_inverse_conv_without_its_key_is_a_user_error() -> None:
     converted, _ = convert(model)
     with pytest.raises(SparsefuseError, match="net.1: no strided SparseConv3d with indice_key 'missing'"):
         converted(*_voxels())
+
+
+def test_conv_add_input_matches_spconv() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = sp.SubMConv3d(3, 3, 3, padding=1, bias=False)
+            self.b = sp.SubMConv3d(3, 3, 3, padding=1, bias=False)
+
+        def forward(self, features, coords):
+            x = sp.SparseConvTensor(features, coords, [9, 16, 16], 1)
+            return self.b(self.a(x), x)
+
+    model = Net().eval()
+    converted, _ = convert(model)
+    args = _voxels()
+    with torch.no_grad():
+        _assert_same_sites(converted(*args), model(*args))
+
+
+def test_sync_batchnorm_folds_like_batchnorm() -> None:
+    bn = sp.modules.SparseSyncBatchNorm(4, eps=1e-3)
+    bn.load_state_dict(_bn(4).state_dict())
+    model = _Wrap(sp.SparseSequential(sp.SubMConv3d(3, 4, 3, padding=1, bias=False), bn)).eval()
+    converted, report = convert(model)
+    oracle = _Wrap(sp.SparseSequential(copy.deepcopy(model.net[0]), _bn(4))).eval()
+    args = _voxels()
+    with torch.no_grad():
+        _assert_same_sites(converted(*args), oracle(*args))
+    assert "SparseSyncBatchNorm folded" in report.converted[1].note
 
 
 def test_dense_override_and_todense() -> None:
