@@ -23,7 +23,7 @@ import torch
 from sparsefuse.errors import SparsefuseError
 from sparsefuse.plugins import cuda_abi as abi
 from sparsefuse.plugins.sparse_conv3d.reference import output_spatial_shape
-from sparsefuse.plugins.voxelize.reference import grid_shape
+from sparsefuse.plugins.voxelize.reference import check_modes, grid_shape
 
 BUILD_HINT = (
     "build it with `cmake -S . -B build/cuda && cmake --build build/cuda -j` (docs/native-build.md) "
@@ -145,24 +145,36 @@ def _size(fn, *args) -> int:
 
 # ---- ops --------------------------------------------------------------------------------------
 
-def voxelize_cuda(points, point_range, voxel_size, max_voxels):
+def voxelize_with_counts_cuda(points, point_range, voxel_size, max_voxels, max_points_per_voxel=0,
+                              reduce="mean", order="key"):
+    check_modes(int(max_points_per_voxel), reduce, order)
     lib, dev = _lib(), points.device
     pts = points.to(torch.float32).contiguous()
     num_points, num_features = int(pts.shape[0]), int(pts.shape[1])
     z, y, x = grid_shape(point_range, voxel_size)
     capacity = min(int(max_voxels), num_points)
-    feats = _empty(capacity, num_features, dtype=torch.float32, device=dev)
+    slots = (int(max_points_per_voxel),) if reduce == "none" else ()
+    feats = _empty(capacity, *slots, num_features, dtype=torch.float32, device=dev)
     coords = _empty(capacity, 4, dtype=torch.int32, device=dev)
+    counts = _empty(capacity, dtype=torch.int32, device=dev)
     num = _empty(dtype=torch.int32, device=dev)
     with torch.cuda.device(dev):
         ws = _workspace(_size(lib.sf_voxelize_workspace_size, num_points, z, y, x), dev)
         status = lib.sf_voxelize(
             _ptr(pts), num_points, num_features, abi.float_array(point_range), abi.float_array(voxel_size),
-            z, y, x, int(max_voxels), _ptr(feats), _ptr(coords), num.data_ptr(), capacity, ws.data_ptr(),
-            ws.numel(), _stream(dev))
+            z, y, x, int(max_voxels), int(max_points_per_voxel), abi.VOXEL_REDUCE[reduce],
+            abi.VOXEL_ORDER[order], _ptr(feats), _ptr(coords), num.data_ptr(), _ptr(counts), capacity,
+            ws.data_ptr(), ws.numel(), _stream(dev))
         check(status, "sf_voxelize")
         count = int(num.item())
-    return feats[:count].to(points.dtype), coords[:count], num
+    return feats[:count].to(points.dtype), coords[:count], num, counts[:count]
+
+
+def voxelize_cuda(points, point_range, voxel_size, max_voxels, max_points_per_voxel=0, reduce="mean",
+                  order="key"):
+    out = voxelize_with_counts_cuda(points, point_range, voxel_size, max_voxels, max_points_per_voxel, reduce,
+                                    order)
+    return out[:3]
 
 
 def scatter_dense_cuda(features, coords, spatial_shape, batch_size):
@@ -290,6 +302,7 @@ def conv_apply(code: int, feats, w, b, nbr, subm: bool, act: int, out: torch.Ten
 
 OPS = {
     "sparsefuse::voxelize": voxelize_cuda,
+    "sparsefuse::voxelize_with_counts": voxelize_with_counts_cuda,
     "sparsefuse::scatter_dense": scatter_dense_cuda,
     "sparsefuse::bev_pool": bev_pool_cuda,
     "sparsefuse::sparse_conv3d": sparse_conv3d_cuda,

@@ -16,6 +16,8 @@ ABI_VERSION = 1
 MAX_KERNEL_VOLUME = 343
 SF_FLOAT32, SF_FLOAT16 = 0, 1
 ACTIVATIONS = {"none": 0, "relu": 1}
+VOXEL_REDUCE = {"mean": 0, "none": 1}  # SF_VOXEL_REDUCE_* (voxelize/kernels.h)
+VOXEL_ORDER = {"key": 0, "arrival": 1}  # SF_VOXEL_ORDER_*
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _BUILD_DIRS = ("build/cuda", "build/release", "build/gpu", "build")
@@ -87,8 +89,8 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
                                    _I64, _I64, _P, _P]),
     "sf_scatter_dense": (ctypes.c_int, [ctypes.c_int, _P, _I32P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P]),
     "sf_voxelize_workspace_size": (ctypes.c_int, [_I64, _I64, _I64, _I64, _SZP]),
-    "sf_voxelize": (ctypes.c_int, [_P, _I64, _I64, _F32A, _F32A, _I64, _I64, _I64, _I64, _P, _I32P, _I32P,
-                                   _I64, _P, _SZ, _P]),
+    "sf_voxelize": (ctypes.c_int, [_P, _I64, _I64, _F32A, _F32A, _I64, _I64, _I64, _I64, _I64, ctypes.c_int,
+                                   ctypes.c_int, _P, _I32P, _I32P, _I32P, _I64, _P, _SZ, _P]),
     "sf_spconv_out_shape": (ctypes.c_int, [_GEOM]),
     "sf_spconv_group_offsets": (ctypes.c_int, [ctypes.POINTER(_I64), _I32, _I32, ctypes.c_double, _I64, _I32,
                                                _PLAN]),

@@ -138,6 +138,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         )
     out = strip_functions(model)
     sparse_conv3d_function.list_num_out(_nodes(out.graph))  # ORT: nodes list every function output
+    voxelize_function.list_num_points(_nodes(out.graph))
     if used:
         _set_opset(out, DOMAIN, OPSET_VERSION)
     opset = _default_opset(out)

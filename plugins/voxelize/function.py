@@ -1,16 +1,22 @@
 """``sparsefuse::Voxelize`` as an ONNX FunctionProto in standard ops (slow, exact).
 
 Bins in float32 with a true Div like the reference, drops points outside the grid, orders
-voxels with Unique(sorted=1) over the linear key, keeps the first max_voxels and averages
-features: points sorted by voxel (TopK), float64 prefix sums per voxel / counts. Deterministic: no
-ScatterND(reduction="add"), whose ORT CPU kernel races on duplicate indices. Empty inputs give V = 0.
+voxels with Unique over the linear key (sorted=1: key order; sorted=0: first occurrence, i.e.
+arrival order), keeps the first max_voxels; sorts the points by voxel with TopK (ties by input
+index, so each voxel's points stay in input order and its first max_points_per_voxel rows are the
+counted ones); "mean": float64 prefix sums per voxel / counts; "none": Gather of each voxel's rows
+into [V,P,F] with zeros past the count. Deterministic: no Scatter at all (ORT's CPU
+ScatterND(reduction="add") races on duplicate indices). Empty inputs give V = 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import onnx
 from onnx import TensorProto
 
+from sparsefuse.plugins.common import DOMAIN
 from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
 from sparsefuse.plugins.voxelize.schema import SPEC
 
@@ -41,19 +47,33 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     size_x, size_y, size_z = (fb.slice(grid, [i], [i + 1], [0]) for i in range(3))
     ix, iy, iz = (fb.squeeze(fb.slice(index, [i], [i + 1], [1]), [1]) for i in range(3))
     key = fb.op("Add", fb.op("Mul", fb.op("Add", fb.op("Mul", iz, size_y), iy), size_x), ix)  # [Q]
-    uniq, _, inverse, counts = fb.op("Unique", key, sorted=1, n_out=4)
+    # Voxel order: Unique(sorted=1) is key order, Unique(sorted=0) first-occurrence (arrival) order.
+    by_key = fb.op("Unique", key, sorted=1, n_out=4)
+    by_arrival = fb.op("Unique", key, sorted=0, n_out=4)
+    arrival = _string_is(fb, "order", "arrival")
+    pairs = zip(by_arrival, by_key, strict=True)
+    uniq, _, inverse, counts = (fb.op("Where", arrival, a, k) for a, k in pairs)
 
     n_unique = fb.dim(uniq, 0)
     num = fb.op(
         "Max", fb.op("Min", n_unique, fb.op("Unsqueeze", fb.attr("max_voxels"), fb.const([0]))), fb.const([0])
     )  # [1]
-    _, order = fb.op("TopK", inverse, fb.dim(inverse, 0), largest=0, sorted=1, n_out=2)  # points by voxel
-    ends = fb.op("CumSum", counts, fb.const(0))  # [U] voxel u's points are sorted rows [end - count, end)
-    sums = fb.segment_sums(fb.op("Gather", feats, order, axis=0), fb.op("Sub", ends, counts), ends)  # [U,F]
+    # Points by voxel, input order within a voxel (TopK breaks ties by the lower index).
+    _, order = fb.op("TopK", inverse, fb.dim(inverse, 0), largest=0, sorted=1, n_out=2)
+    sorted_feats = fb.op("Gather", feats, order, axis=0)  # [Q,F]; voxel u's rows [start, start + count)
+    starts = fb.op("Sub", fb.op("CumSum", counts, fb.const(0)), counts)  # [U]
+    max_points = fb.attr("max_points_per_voxel")
+    limit = fb.op("Where", fb.op("Greater", max_points, fb.const(0)), max_points, fb.dim(inverse, 0))
+    kept = fb.op("Min", counts, limit)  # [U] counted points: the first max_points_per_voxel of each voxel
     start = fb.const([0])
-    sums = fb.op("Slice", sums, start, num, start)
-    counts = fb.op("Cast", fb.op("Slice", counts, start, num, start), to=TensorProto.DOUBLE)
-    mean = fb.op("CastLike", fb.op("Div", sums, fb.unsqueeze(counts, [1])), "points")
+    starts = fb.op("Slice", starts, start, num, start)  # [V]
+    kept = fb.op("Slice", kept, start, num, start)
+
+    sums = fb.segment_sums(sorted_feats, starts, fb.op("Add", starts, kept))  # [V,F] float64
+    divisor = fb.unsqueeze(fb.op("Cast", kept, to=TensorProto.DOUBLE), [1])
+    mean = fb.op("CastLike", fb.op("Div", sums, divisor), "points")
+    padded = _point_lists(fb, sorted_feats, starts, kept, max_points)  # [V,P,F]
+    features = _select_by_rank(fb, _string_is(fb, "reduce", "none"), padded, mean)
 
     keys = fb.op("Slice", uniq, start, num, start)
     x = fb.op("Mod", keys, size_x)
@@ -64,9 +84,56 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     coords = fb.op("Concat", *[fb.unsqueeze(c, [1]) for c in (batch, z, y, x)], axis=1)
     return fb.build(
         [
-            mean,
+            features,
             fb.op("Cast", coords, to=TensorProto.INT32),
             fb.op("Cast", fb.squeeze(num, [0]), to=TensorProto.INT32),
+            fb.op("Cast", kept, to=TensorProto.INT32),
         ],
         opset,
     )
+
+
+def _string_is(fb: FunctionBuilder, attribute: str, value: str) -> str:
+    """0-D bool: the STRING attribute equals ``value`` (Unique of both has one element; string Equal
+    needs opset 19)."""
+    names = fb.op("Concat", fb.unsqueeze(fb.attr(attribute), [0]), fb.const_string(value), axis=0)
+    return fb.op("Equal", fb.op("Size", fb.op("Unique", names)), fb.const(1))
+
+
+def _point_lists(fb: FunctionBuilder, sorted_feats: str, starts: str, kept: str, max_points: str) -> str:
+    """[V,P,F]: slot s of voxel v is sorted row starts[v] + s where s < kept[v], else zero. Gathers only."""
+    slots = fb.op("Range", fb.const(0), max_points, fb.const(1))  # [P]
+    rows = fb.op("Add", fb.unsqueeze(starts, [1]), fb.unsqueeze(slots, [0]))  # [V,P]
+    used = fb.op("Less", fb.unsqueeze(slots, [0]), fb.unsqueeze(kept, [1]))  # [V,P]
+    gathered = fb.op("Gather", sorted_feats, fb.op("Where", used, rows, fb.const(0)), axis=0)  # [V,P,F]
+    zero = fb.op("CastLike", fb.const(0.0, TensorProto.FLOAT), sorted_feats)
+    return fb.op("Where", fb.unsqueeze(used, [2]), gathered, zero)
+
+
+def _select_by_rank(fb: FunctionBuilder, first: str, a: str, b: str) -> str:
+    """``a`` where the 0-D bool ``first`` holds, else ``b``; the two may differ in rank (flatten both,
+    keep one by slicing the other to nothing, reshape to the kept one's shape)."""
+    big, none = fb.const([2**62]), fb.const([0])
+    end_a = fb.op("Where", first, big, none)
+    end_b = fb.op("Where", first, none, big)
+    start = fb.const([0])
+    flat = fb.op(
+        "Concat",
+        fb.op("Slice", fb.op("Reshape", a, fb.const([-1])), start, end_a),
+        fb.op("Slice", fb.op("Reshape", b, fb.const([-1])), start, end_b),
+        axis=0,
+    )
+    shape_a = fb.op("Slice", fb.op("Shape", a), start, end_a)
+    shape = fb.op("Concat", shape_a, fb.op("Slice", fb.op("Shape", b), start, end_b), axis=0)
+    return fb.op("Reshape", flat, shape)
+
+
+def list_num_points(nodes: Iterable[onnx.NodeProto]) -> None:
+    """In place: every Voxelize node lists the body's optional fourth output (num_points_per_voxel).
+
+    ONNX Runtime requires a node to list every output of the function it calls; a hand-built node
+    (or one from an older export) may have three.
+    """
+    for node in nodes:
+        if node.domain == DOMAIN and node.op_type == SPEC.op_type and len(node.output) == 3:
+            node.output.append(f"{node.output[0] or node.name}__num_points_per_voxel")

@@ -55,15 +55,18 @@ def test_schema_agrees_with_torch_signature(op_type):
     for arg, param in zip(tensors, schema.inputs, strict=True):
         optional = str(arg.type).startswith("Optional")
         assert (param.option == OpSchema.FormalParameterOption.Optional) == optional
-    # Only the tensorrt lowering uses plugin_namespace and SparseConv3d's optional num_out output.
-    assert len(torch_schema.returns) == len([p for p in schema.outputs if p.name != "num_out"])
+    # Only the tensorrt lowering uses plugin_namespace and SparseConv3d's optional num_out output;
+    # Voxelize's optional num_points_per_voxel is the fourth return of torch's voxelize_with_counts.
+    optional_outputs = {"num_out", "num_points_per_voxel"}
+    assert len(torch_schema.returns) == len([p for p in schema.outputs if p.name not in optional_outputs])
     # Every other argument is an attribute of the same name and type; defaults agree.
     assert {a.name for a in scalars} == set(schema.attributes) - {"plugin_namespace"}
     for arg in scalars:
         attr = schema.attributes[arg.name]
         assert attr.type == onnx_attr_type(str(arg.type)), arg.name
         if arg.has_default_value():
-            assert helper.get_attribute_value(attr.default_value) == arg.default_value
+            default = helper.get_attribute_value(attr.default_value)
+            assert (default.decode() if isinstance(default, bytes) else default) == arg.default_value
     # Integer index tensors are int32, features float / float16.
     for param in [*schema.inputs, *schema.outputs]:
         allowed = param.types
@@ -72,7 +75,8 @@ def test_schema_agrees_with_torch_signature(op_type):
 
 def test_translation_table_covers_every_op():
     table = onnx_ops.custom_translation_table()
-    assert set(table) == {getattr(torch.ops.sparsefuse, name).default for name in TORCH_NAMES.values()}
+    expected = {getattr(torch.ops.sparsefuse, name).default for name in TORCH_NAMES.values()}
+    assert set(table) == expected | {torch.ops.sparsefuse.voxelize_with_counts.default}
 
 
 @pytest.mark.parametrize("opset", [18, 20])

@@ -157,7 +157,7 @@ std::vector<int64_t> values(DimsExprs const& d) {
   return out;
 }
 
-void check_voxelize() {
+void check_voxelize(bool hard) {
   IPluginCreatorV3One* c = creator("Voxelize");
   EXPECT(c != nullptr);
   if (!c) return;
@@ -165,24 +165,39 @@ void check_voxelize() {
   f.f("point_range", {-51.2f, -51.2f, -5.f, 51.2f, 51.2f, 3.f});
   f.f("voxel_size", {0.4f, 0.4f, 0.5f});
   f.i("max_voxels", {16000});
+  if (hard) {  // spconv / mmcv hard voxelization: point lists [V, 10, F] in arrival order
+    f.i("max_points_per_voxel", {10});
+    f.s("reduce", "none");
+    f.s("order", "arrival");
+  }
   PluginFieldCollection fc = f.fc();
   IPluginV3* p = round_trip(c, c->createPlugin("v", &fc, TensorRTPhase::kBUILD));
   IPluginV3OneBuild* b = build_of(p);
-  EXPECT(b->getNbOutputs() == 3);
-  DataType in[1] = {DataType::kFLOAT}, out[3];
-  EXPECT(b->getOutputDataTypes(out, 3, in, 1) == 0);
-  EXPECT(out[0] == DataType::kFLOAT && out[1] == DataType::kINT32 && out[2] == DataType::kINT32);
-  DimsExprs inputs[1] = {dims({1000, 4})}, outputs[3];
+  EXPECT(b->getNbOutputs() == 4);
+  DataType in[1] = {DataType::kFLOAT}, out[4];
+  EXPECT(b->getOutputDataTypes(out, 4, in, 1) == 0);
+  EXPECT(out[0] == DataType::kFLOAT && out[1] == DataType::kINT32 && out[2] == DataType::kINT32 &&
+         out[3] == DataType::kINT32);
+  DimsExprs inputs[1] = {dims({1000, 4})}, outputs[4];
   IExprBuilder builder;
   g_sizes.clear();
-  EXPECT(b->getOutputShapes(inputs, 1, nullptr, 0, outputs, 3, builder) == 0);
+  EXPECT(b->getOutputShapes(inputs, 1, nullptr, 0, outputs, 4, builder) == 0);
   EXPECT(g_sizes.size() == 1 && g_sizes[0].index == 2 && g_sizes[0].upper == 1000 && g_sizes[0].opt == 500);
-  EXPECT(values(outputs[0]) == (std::vector<int64_t>{1000, 4}) && outputs[0].d[0]->stubSizeTensor);
+  EXPECT(values(outputs[0]) == (hard ? std::vector<int64_t>{1000, 10, 4} : std::vector<int64_t>{1000, 4}));
+  EXPECT(outputs[0].d[0]->stubSizeTensor);
   EXPECT(values(outputs[1]) == (std::vector<int64_t>{1000, 4}) && outputs[2].nbDims == 0);
+  EXPECT(values(outputs[3]) == (std::vector<int64_t>{1000}) && outputs[3].d[0]->stubSizeTensor);
   Fields bad;
   bad.f("point_range", {0.f, 1.f});
   PluginFieldCollection bad_fc = bad.fc();
   EXPECT(c->createPlugin("bad", &bad_fc, TensorRTPhase::kBUILD) == nullptr);
+  Fields no_slots;  // reduce "none" needs max_points_per_voxel > 0
+  no_slots.f("point_range", {-51.2f, -51.2f, -5.f, 51.2f, 51.2f, 3.f});
+  no_slots.f("voxel_size", {0.4f, 0.4f, 0.5f});
+  no_slots.i("max_voxels", {16000});
+  no_slots.s("reduce", "none");
+  PluginFieldCollection no_slots_fc = no_slots.fc();
+  EXPECT(c->createPlugin("bad", &no_slots_fc, TensorRTPhase::kBUILD) == nullptr);
   delete p;
 }
 
@@ -283,7 +298,8 @@ int main() {
     names.emplace_back(c->getPluginName());
   }
   EXPECT(names == (std::vector<std::string>{"Voxelize", "SparseConv3d", "ScatterDense", "BEVPool"}));
-  check_voxelize();
+  check_voxelize(false);
+  check_voxelize(true);
   check_sparse_conv3d(true);
   check_sparse_conv3d(false);
   check_scatter_dense_and_bev_pool();
