@@ -426,6 +426,9 @@ def _make_conv(module: Any, path: str) -> SparseConv3d | SparseInverseConv3d:
     activation = _activation(module, path)
     kernel = _triple(module.kernel_size)
     pointwise = math.prod(kernel) == 1 and (module.subm or math.prod(module.stride) == 1)
+    if module.subm and any(k % 2 == 0 for k in kernel):
+        raise SparsefuseError(f"{path}: submanifold conv with an even kernel {list(kernel)}",
+                              "submanifold convs need odd kernel sizes (spconv refuses even ones too)")
     if kind == "inverse" and not pointwise:
         if module.indice_key is None:
             raise SparsefuseError(f"{path}: SparseInverseConv3d without indice_key", "give it its conv's key")

@@ -243,6 +243,26 @@ def test_bn_without_conv_and_other_feature_modules_act_on_features() -> None:
     assert set(converted.state_dict()) >= {"net.0.weight", "net.5.weight", "net.5.running_var"}
 
 
+@pytest.mark.parametrize("conv", [
+    lambda: sp.SubMConv3d(3, 4, (3, 1, 5), bias=False),
+    lambda: sp.SubMConv3d(3, 4, 3, dilation=2, bias=False),
+    lambda: sp.SparseConv3d(3, 4, 3, stride=(1, 2, 2), padding=(0, 1, 2), dilation=(1, 2, 1), bias=False),
+    lambda: sp.SparseConv3d(3, 4, 2, stride=2, bias=False),
+    lambda: sp.SparseConv3d(3, 4, 1, stride=2, bias=False),
+])
+def test_conv_geometries_match_spconv(conv) -> None:
+    model = _Wrap(conv()).eval()
+    converted, _ = convert(model)
+    args = _voxels()
+    with torch.no_grad():
+        _assert_same_sites(converted(*args), model(*args))
+
+
+def test_even_submanifold_kernel_is_refused() -> None:
+    with pytest.raises(SparsefuseError, match="net: submanifold conv with an even kernel"):
+        convert(_Wrap(sp.SubMConv3d(3, 4, 2, bias=False)))
+
+
 @pytest.mark.parametrize("conv_type", [sp.SubMConv3d, sp.SparseConv3d])
 def test_pointwise_conv_matches_spconvs_weight_view(conv_type) -> None:
     model = _oracle(_Wrap(conv_type(3, 5, 1, bias=True)))
