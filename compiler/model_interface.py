@@ -422,10 +422,15 @@ def torch_inputs(spec: ModelSpec, frame: Mapping[str, Any]) -> dict[str, Any]:
 def run_forward(model: Any, frame: Mapping[str, Any], spec: ModelSpec) -> Any:
     """One forward with the frame's inputs as keyword arguments (no grad). A failure in the
     user's code is one line naming the file and line."""
+    import warnings
+
     import torch
 
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # Third-party libraries' own deprecation noise (spconv's scatter_nd indexing) is not
+            # the user's business during a compile.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"spconv\.")
             return model(**torch_inputs(spec, frame))
     except SparsefuseError:
         raise

@@ -259,5 +259,9 @@ def frames_digest(frames: Sequence[Mapping[str, np.ndarray]]) -> str:
 def source_from_config(config: Any, rig: Any = None) -> ModelSource:
     """The ModelSource a CompileConfig names (a preset, or a user factory with its frames)."""
     if config.is_preset:
+        if rig is None and config.rig is not None:
+            from sparsefuse.models.rig import load_rig
+
+            rig = load_rig(config.rig)
         return preset_source(config.model, config.seed, rig, config.weights)
     return factory_source(mi.parse_model_ref(config.model), config.frames, config.weights)

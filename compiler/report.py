@@ -23,6 +23,7 @@ def write_report(out: Path, config: Any, records: Sequence[Any]) -> Path:
     plan = _load(out / "sparsity" / "plan.json") if config.sparsity is not None else None
     sections = [
         _config_section(config),
+        _conversion_section(_load(out / "export" / "conversion.json")),
         _stages_section(records),
         _verify_section(verify),
         _latency_section(profile),
@@ -51,10 +52,15 @@ def _ms(value: Any) -> str:
 
 
 def _config_section(config: Any) -> str:
-    rows = [("model", config.model), ("target", config.target), ("seed", config.seed),
-            ("rig", config.rig or "preset built-in"),
-            ("weights", config.weights or f"seeded init (seed {config.seed})"),
-            ("verify frames", config.verify_frames)]
+    if config.is_preset:
+        rows = [("model", config.model), ("target", config.target), ("seed", config.seed),
+                ("rig", config.rig or "preset built-in"),
+                ("weights", config.weights or f"seeded init (seed {config.seed})"),
+                ("verify frames", config.verify_frames)]
+    else:
+        rows = [("model", config.model), ("target", config.target),
+                ("frames", config.frames or "given to the Python API"),
+                ("weights", config.weights or "the model's own"), ("verify frames", config.verify_frames)]
     if config.sparsity is not None:
         s = config.sparsity
         rows.append(("sparsity", f"budget {s.budget_kind}={s.budget:g}, allocator {s.allocator}, "
@@ -77,12 +83,34 @@ def _verify_section(verify: dict[str, Any] | None) -> str:
             f"Rule: float32 {verify.get('rule', {}).get('float32', '')}; integers exact.\n\n")
     rows = []
     for frame in verify.get("frames", []):
+        which = frame.get("seed") if "seed" in frame else f"frame {frame.get('frame')}"
+        sizes = frame.get("dynamic") or {"points": frame.get("num_points")}
         for name, check in frame.get("outputs", {}).items():
-            rows.append((frame.get("seed"), frame.get("num_points"), name, f"{check['max_abs']:.3g}",
-                         f"{check['tolerance']:.3g}", "pass" if check["pass"] else "FAIL"))
+            rows.append((which, ", ".join(f"{k} {v}" for k, v in sizes.items()), name,
+                         f"{check['max_abs']:.3g}", f"{check['tolerance']:.3g}",
+                         "pass" if check["pass"] else "FAIL"))
     command = verify.get("polygraphy", {}).get("command")
     tail = f"\nReproduce from OUT: `{command}`\n" if command else ""
-    return head + _table(("seed", "points", "output", "max abs err", "tolerance", ""), rows) + tail
+    conversion = verify.get("conversion")
+    if conversion:
+        worst = ", ".join(f"{k} {v['max_abs']:.3g}" for k, v in conversion.get("outputs", {}).items())
+        verdict = "pass" if conversion.get("pass") else "FAIL"
+        tail += (f"\nConversion alone (the converted PyTorch model against the original): {verdict}; "
+                 f"worst max abs error per output: {worst}.\n")
+    return head + _table(("frame", "dynamic sizes", "output", "max abs err", "tolerance", ""), rows) + tail
+
+
+def _conversion_section(conversion: dict[str, Any] | None) -> str:
+    """What the conversion pass rewrote (user models; presets are written in our ops)."""
+    if not conversion or (not conversion.get("converted") and not conversion.get("warnings")):
+        return ""
+    rows = [(f"`{r['path'] or '(root)'}`", r["source"], r["target"], r.get("note", ""))
+            for r in conversion.get("converted", [])]
+    kept = ", ".join(f"{k} x{n}" for k, n in sorted(conversion.get("kept", {}).items()))
+    warnings = "".join(f"\n**warning:** {w}\n" for w in conversion.get("warnings", []))
+    table = _table(("path", "was", "now", "note"), rows) if rows else "Nothing needed converting.\n"
+    return ("## Conversion\n\n" + table
+            + f"\nKept as plain torch: {kept or 'nothing'}.\n" + warnings)
 
 
 def _latency_section(profile: dict[str, Any] | None) -> str:

@@ -52,11 +52,24 @@ def run(args: argparse.Namespace) -> int:
 
     config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames,
                          args.weights, args.sparsity, frames=args.frames)
+    source = prepare_source(config)
     names = [n for n in STAGE_NAMES if n != "sparsity" or config.sparsity is not None]
     with RichProgress(names) as progress:
-        result = compile_model(config, progress)
+        result = compile_model(config, progress, source)
     progress.summary(result)
     return 0 if result.verify_passed else 1
+
+
+def prepare_source(config: Any) -> Any:
+    """A user model is imported, its frames checked against the forward and its modules converted
+    before the stage display starts: these are the cheap checks that catch most mistakes. A
+    preset's model is built lazily (a cached recompile never needs it)."""
+    from sparsefuse.compiler.model_source import source_from_config
+
+    source = source_from_config(config)
+    if not source.is_preset:
+        source.conversion  # noqa: B018 (unsupported modules are refused here, by path)
+    return source
 
 
 class RichProgress:
@@ -78,6 +91,8 @@ class RichProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:  # a refusal or Ctrl-C: the error line alone says what happened
+            self.bar.live.transient = True
         self.bar.__exit__(*exc)
 
     def stage_started(self, name: str) -> None:

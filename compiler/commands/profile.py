@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--target", required=True, help="target tag or path to a target .toml")
     parser.add_argument("--out", required=True, help="profile.json path (profile.png is written beside it)")
     parser.add_argument("--model", default="bevfusion-tiny", help="model preset whose frames to feed")
-    parser.add_argument("--frames", default=None, metavar="DIR",
+    parser.add_argument("--frames-dir", default=None, metavar="DIR",
                         help="a folder of .npz frames (your model's inputs) to feed instead of a preset's")
     parser.add_argument("--frames", type=int, default=3, help="distinct frames to cycle through")
     parser.add_argument("--points", type=int, default=None, help="LiDAR points per frame (default: preset's)")
@@ -68,10 +68,10 @@ def register(subparsers: Any) -> None:
 def _frames(args: argparse.Namespace) -> list[dict]:
     import numpy as np
 
-    if args.frames:
+    if args.frames_dir:
         from sparsefuse.compiler.model_interface import read_frames_dir
 
-        return read_frames_dir(args.frames)
+        return read_frames_dir(args.frames_dir)
     if args.inputs:
         from pathlib import Path
 
