@@ -12,7 +12,13 @@ What is converted (everything else from spconv is refused by ``base.refuse_lefto
 - ``SparseBatchNorm`` / ``SparseSyncBatchNorm`` / ``SparseReLU`` / ``SparseIdentity`` -> plain
   torch subclasses of ours that accept a tensor or a SparseConvTensor (same parameter names).
 - ``ToDense`` and ``SparseConvTensor.dense()`` on our tensors -> ``sparsefuse::scatter_dense``.
-- ``spconv.pytorch.functional.sparse_add`` on our tensors with identical index tensors -> a feature add.
+- ``spconv.pytorch.functional.sparse_add`` on our tensors with identical index tensors -> a feature add
+  (the converter points spconv's function at ours, which falls back to spconv's on plain tensors).
+
+spconv quirks kept for identical numerics: a 1x1 conv (kernel 1; a regular one also stride 1)
+multiplies by ``weight.view(Cin, Cout)`` and keeps sites and order (its weight is re-laid out at
+conversion); ``add_input`` gives act(act(conv) + add). Refused with SparsefuseError: fused
+activations other than ReLU, groups != 1, even submanifold kernels, non-KRSC weights.
 
 ``indice_key`` bookkeeping lives in the tensor's ``indice_dict`` under keys ``("sparsefuse", key)``
 (spconv's own keys are strings, so they never collide); a record holds plain tensors and ints, so
@@ -31,7 +37,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 import sparsefuse.plugins  # noqa: F401  (registers torch.ops.sparsefuse.*)
 from sparsefuse.errors import SparsefuseError
@@ -51,6 +56,14 @@ except ImportError:  # pragma: no cover - exercised only without spconv
     _BaseTensor = object  # type: ignore[assignment,misc]
     _BaseModule = nn.Module  # type: ignore[assignment,misc]
     _BaseSequential = nn.Module  # type: ignore[assignment,misc]
+
+try:
+    from torch.fx.experimental.symbolic_shapes import guard_or_true
+except ImportError:  # pragma: no cover - torch < 2.8: a symbolic condition counts as true
+
+    def guard_or_true(cond: Any) -> bool:
+        return cond if isinstance(cond, bool) else True
+
 
 Triple = tuple[int, int, int]
 _KEY_NAMESPACE = "sparsefuse"
