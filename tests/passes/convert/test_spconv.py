@@ -194,7 +194,10 @@ def test_callers_model_is_untouched() -> None:
     args = _args(module.make_frames(1, seed=5)[0])
     with torch.no_grad():
         ref = model(*args)
-        convert(model)
+        model.conv_out.train()
+        converted, _ = convert(model)
+        assert model.conv_out.training and not converted.conv_out.training  # modes stay the caller's
+        model.conv_out.eval()
         after = model(*args)
     assert [(n, type(m)) for n, m in model.named_modules()] == types
     assert model.state_dict().keys() == before.keys()
