@@ -300,12 +300,48 @@ def conv_apply(code: int, feats, w, b, nbr, subm: bool, act: int, out: torch.Ten
     check(status, "sf_spconv_apply")
 
 
+def sparse_inverse_conv3d_cuda(features, coords, out_coords, weight, bias, spatial_shape, kernel_size, stride,
+                               padding, dilation, activation):
+    if activation not in abi.ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(abi.ACTIVATIONS)}, got {activation!r}")
+    dev = features.device
+    feats = features.contiguous()
+    code = _dtype_code(feats, "SparseInverseConv3d")
+    c_out, c_in = int(weight.shape[0]), int(weight.shape[-1])
+    w = weight.to(device=dev, dtype=feats.dtype).reshape(c_out, -1, c_in).contiguous()
+    b = None if bias is None else bias.to(device=dev, dtype=feats.dtype).contiguous()
+    coarse = coords.to(device=dev, dtype=torch.int32).contiguous()
+    fine = out_coords.to(device=dev, dtype=torch.int32).contiguous()
+    with torch.cuda.device(dev):
+        nbr = inverse_kernel_map(coarse, fine, spatial_shape, kernel_size, stride, padding, dilation)
+        out = _empty(fine.shape[0], c_out, dtype=feats.dtype, device=dev)
+        conv_apply(code, feats, w, b, nbr, False, abi.ACTIVATIONS[activation], out)
+    return out
+
+
+def inverse_kernel_map(coords, out_coords, spatial_shape, kernel_size, stride, padding, dilation):
+    """nbr[M,K] int32 of the inverse conv: the row of coords (coarse) that reaches each fine site."""
+    lib, dev = _lib(), coords.device
+    n, m = int(coords.shape[0]), int(out_coords.shape[0])
+    batches = int(coords[:, 0].max().item()) + 1 if n else 1
+    g = abi.geometry(spatial_shape, kernel_size, stride, padding, dilation, False, batches)
+    volume = int(kernel_size[0]) * int(kernel_size[1]) * int(kernel_size[2])
+    nbr = _empty(m, volume, dtype=torch.int32, device=dev)
+    cells = tuning().max_grid_cells
+    ws = _workspace(_size(lib.sf_spinv_map_workspace_size, ctypes.byref(g), n, cells), dev)
+    status = lib.sf_spinv_kernel_map(ctypes.byref(g), _ptr(coords), n, _ptr(out_coords), m, _ptr(nbr), cells,
+                                     ws.data_ptr(), ws.numel(), _stream(dev))
+    check(status, "sf_spinv_kernel_map")
+    return nbr
+
+
 OPS = {
     "sparsefuse::voxelize": voxelize_cuda,
     "sparsefuse::voxelize_with_counts": voxelize_with_counts_cuda,
     "sparsefuse::scatter_dense": scatter_dense_cuda,
     "sparsefuse::bev_pool": bev_pool_cuda,
     "sparsefuse::sparse_conv3d": sparse_conv3d_cuda,
+    "sparsefuse::sparse_inverse_conv3d": sparse_inverse_conv3d_cuda,
 }
 
 

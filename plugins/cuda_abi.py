@@ -109,6 +109,8 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
                                           _P]),
     "sf_spconv_direct": (ctypes.c_int, [ctypes.c_int, _P, _I64, _P, _P, _I64, _I32P, _I64, _I32, _I32, _P,
                                         _P]),
+    "sf_spinv_map_workspace_size": (ctypes.c_int, [_GEOM, _I64, _I64, _SZP]),
+    "sf_spinv_kernel_map": (ctypes.c_int, [_GEOM, _I32P, _I64, _I32P, _I64, _I32P, _I64, _P, _SZ, _P]),
 }
 
 

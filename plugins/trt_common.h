@@ -210,6 +210,7 @@ class Creator : public IPluginCreatorV3One {
 // Creator instances, defined next to each plugin and listed by trt_register.cpp.
 IPluginCreatorV3One* voxelize_creator();
 IPluginCreatorV3One* sparse_conv3d_creator();
+IPluginCreatorV3One* sparse_inverse_conv3d_creator();
 IPluginCreatorV3One* scatter_dense_creator();
 IPluginCreatorV3One* bev_pool_creator();
 

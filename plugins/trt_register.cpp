@@ -10,8 +10,9 @@ extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1:
 extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(
     int32_t& nbCreators) {
   using namespace sparsefuse::trt;
-  static nvinfer1::IPluginCreatorInterface* const creators[] = {voxelize_creator(), sparse_conv3d_creator(),
-                                                               scatter_dense_creator(), bev_pool_creator()};
-  nbCreators = 4;
+  static nvinfer1::IPluginCreatorInterface* const creators[] = {
+      voxelize_creator(), sparse_conv3d_creator(), sparse_inverse_conv3d_creator(), scatter_dense_creator(),
+      bev_pool_creator()};
+  nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
   return creators;
 }

@@ -211,7 +211,7 @@ def test_plugin_glue_against_the_api_transcription(built_lib, tmp_path):
     stub = ROOT / "tests" / "plugins" / "trt_stub"
     sources = [stub / "harness.cpp", ROOT / "plugins" / "trt_register.cpp"]
     sources += sorted((ROOT / "plugins").glob("*/plugin.cpp"))
-    assert len(sources) == 6
+    assert len(sources) == 7
     exe = tmp_path / "harness"
     flags = ["-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{stub}", f"-I{ROOT / 'plugins'}",
              f"-I{include}"]

@@ -260,6 +260,31 @@ def test_sparse_conv3d_tiny_inputs(sfcuda, gen, n, case, algo):
     assert_close(out[0], ref[0], torch.float32)
 
 
+INVERSE_CASES = [*CONV_CASES[3:6], ([3, 3, 3], [2, 2, 2], [1, 1, 1], [2, 1, 1], False)]
+
+
+@pytest.mark.parametrize("algo", ["gather_gemm_scatter", "implicit_gemm", "direct"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("max_grid_cells", [0, 1 << 25])  # hash and grid tables
+@pytest.mark.parametrize("case", INVERSE_CASES)
+def test_sparse_inverse_conv3d_matches_reference(sfcuda, gen, case, dtype, max_grid_cells, algo):
+    sfcuda.set_tuning(algo=algo, max_grid_cells=max_grid_cells)
+    shape, (kernel, stride, padding, dilation, _) = [9, 12, 10], case
+    feats, fine = sparse_input(gen, 500, shape, channels=16)
+    down = torch.randn(32, *kernel, 16, generator=gen) * 0.2
+    _, coarse = ops.sparse_conv3d(feats, fine, down, None, shape, kernel, stride, padding, dilation, False,
+                                  "none")
+    up = torch.randn(coarse.shape[0], 32, generator=gen).to(dtype)
+    weight = (torch.randn(16, *kernel, 32, generator=gen) * 0.2).to(dtype)
+    bias = torch.randn(16, generator=gen).to(dtype)
+    geometry = (shape, kernel, stride, padding, dilation, "relu")
+    ref = ops.sparse_inverse_conv3d(up.float(), coarse, fine, weight.float(), bias.float(), *geometry)
+    out = ops.sparse_inverse_conv3d(up.cuda(), coarse.cuda(), fine.cuda(), weight.cuda(), bias.cuda(),
+                                    *geometry)
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("spconv_triton") is None, reason="spconv-triton not installed")
 @pytest.mark.parametrize("algo", ["gather_gemm_scatter", "implicit_gemm"])
 @pytest.mark.parametrize("subm", [True, False])

@@ -256,6 +256,44 @@ void check_sparse_conv3d(bool subm) {
   delete p;
 }
 
+void check_sparse_inverse_conv3d() {
+  IPluginCreatorV3One* c = creator("SparseInverseConv3d");
+  EXPECT(c != nullptr);
+  if (!c) return;
+  Fields f;
+  f.i("spatial_shape", {41, 1440, 1440});
+  f.i("kernel_size", {3, 3, 3});
+  f.i("stride", {2, 2, 2});
+  f.i("padding", {1, 1, 1});
+  f.s("activation", "relu");
+  f.s("algo", "implicit_gemm");
+  PluginFieldCollection fc = f.fc();
+  IPluginV3* p = round_trip(c, c->createPlugin("i", &fc, TensorRTPhase::kBUILD));
+  IPluginV3OneBuild* b = build_of(p);
+  EXPECT(b->getNbOutputs() == 1);
+  DataType in[5] = {DataType::kHALF, DataType::kINT32, DataType::kINT32, DataType::kHALF, DataType::kHALF}, out[1];
+  EXPECT(b->getOutputDataTypes(out, 1, in, 5) == 0 && out[0] == DataType::kHALF);
+  DimsExprs inputs[5] = {dims({700, 32}), dims({700, 4}), dims({5000, 4}), dims({16, 3, 3, 3, 32}), dims({16})};
+  DimsExprs outputs[1];
+  IExprBuilder builder;
+  g_sizes.clear();
+  EXPECT(b->getOutputShapes(inputs, 5, nullptr, 0, outputs, 1, builder) == 0);
+  EXPECT(g_sizes.empty());  // M = out_coords' rows: no size tensor
+  EXPECT(values(outputs[0]) == (std::vector<int64_t>{5000, 16}));
+  DynamicPluginTensorDesc io[6]{};
+  for (int i = 0; i < 6; ++i) io[i].desc.type = i < 5 ? in[i] : DataType::kHALF, io[i].desc.format = TensorFormat::kLINEAR;
+  for (int pos = 0; pos < 6; ++pos) EXPECT(b->supportsFormatCombination(pos, io, 5, 1));
+  io[2].desc.type = DataType::kHALF;  // out_coords must be int32
+  EXPECT(!b->supportsFormatCombination(2, io, 5, 1));
+  Fields bad;
+  bad.i("spatial_shape", {1, 8, 8});
+  bad.i("kernel_size", {3, 3, 3});
+  bad.i("stride", {2, 2, 2});  // empty coarse grid along z
+  PluginFieldCollection bad_fc = bad.fc();
+  EXPECT(c->createPlugin("bad", &bad_fc, TensorRTPhase::kBUILD) == nullptr);
+  delete p;
+}
+
 void check_scatter_dense_and_bev_pool() {
   IPluginCreatorV3One* s = creator("ScatterDense");
   IPluginCreatorV3One* bp = creator("BEVPool");
@@ -285,10 +323,10 @@ void check_scatter_dense_and_bev_pool() {
 }  // namespace
 
 int main() {
-  EXPECT(g_registered.size() == 4);  // REGISTER_TENSORRT_PLUGIN ran at load time
+  EXPECT(g_registered.size() == 5);  // REGISTER_TENSORRT_PLUGIN ran at load time
   int32_t count = 0;
   IPluginCreatorInterface* const* list = getCreators(count);
-  EXPECT(count == 4 && list != nullptr);
+  EXPECT(count == 5 && list != nullptr);
   std::vector<std::string> names;
   for (int32_t i = 0; i < count; ++i) {
     auto* c = static_cast<IPluginCreatorV3One*>(list[i]);
@@ -297,11 +335,13 @@ int main() {
     EXPECT(std::strcmp(c->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
     names.emplace_back(c->getPluginName());
   }
-  EXPECT(names == (std::vector<std::string>{"Voxelize", "SparseConv3d", "ScatterDense", "BEVPool"}));
+  EXPECT(names == (std::vector<std::string>{"Voxelize", "SparseConv3d", "SparseInverseConv3d", "ScatterDense",
+                                            "BEVPool"}));
   check_voxelize(false);
   check_voxelize(true);
   check_sparse_conv3d(true);
   check_sparse_conv3d(false);
+  check_sparse_inverse_conv3d();
   check_scatter_dense_and_bev_pool();
   if (g_failures == 0) std::printf("OK\n");
   return g_failures == 0 ? 0 : 1;
