@@ -1,8 +1,9 @@
 """Roofline cost model: estimated per-layer latency of an ONNX graph on any registry target.
 
 Per node: t = max(FLOPs / (peak x compute_eff), bytes / (DRAM bandwidth x memory_eff)) + launch.
-Peak is the tensor-core rate for Conv / Gemm / MatMul / SparseConv3d at the target's precision
-(FP16 on TensorRT targets, FP32 on the cpu target) and the FP32 CUDA-core rate for the rest.
+Peak is the tensor-core rate for Conv / Gemm / MatMul / SparseConv3d / SparseInverseConv3d at the
+target's precision (FP16 on TensorRT targets, FP32 on the cpu target) and the FP32 CUDA-core rate for
+the rest.
 
 2:4 sparsity (research/anchors.md §5) changes only eligible layers on targets with sparse tensor
 cores: NVIDIA reports "about 15% (usually less)" end to end for CNNs (TensorRT#2310) and sparse
@@ -27,7 +28,14 @@ from typing import Any
 from sparsefuse.atomic import write_json
 from sparsefuse.errors import SparsefuseError
 from sparsefuse.targets.modules import module_of, node_scopes
-from sparsefuse.targets.onnx_stats import FREE_OPS, TENSOR_CORE_OPS, NodeWork, default_dims, node_work
+from sparsefuse.targets.onnx_stats import (
+    FREE_OPS,
+    SPARSE_CONV_WEIGHT_SLOT,
+    TENSOR_CORE_OPS,
+    NodeWork,
+    default_dims,
+    node_work,
+)
 from sparsefuse.targets.profiler import NodeTime, Profile
 from sparsefuse.targets.registry import Target
 
@@ -119,7 +127,7 @@ def node_latency_ms(work: NodeWork, rates: Rates, candidate: str = "dense@0") ->
     data = (act_bytes + weight_bytes) * scale
     if work.op_type in TENSOR_CORE_OPS:
         peak = rates.tensor_flops * rates.efficiency.compute
-        if work.op_type == "SparseConv3d":
+        if work.op_type in SPARSE_CONV_WEIGHT_SLOT:
             peak *= SPARSE_CONV_EFFICIENCY
     else:
         peak = rates.vector_flops * rates.efficiency.compute

@@ -32,6 +32,7 @@ MODULES: tuple[str, ...] = (
 OP_TYPE_MODULES: dict[str, str] = {
     "Voxelize": "voxelize",
     "SparseConv3d": "lidar_backbone",
+    "SparseInverseConv3d": "lidar_backbone",
     "ScatterDense": "lidar_backbone",
     "BEVPool": "bev_pool",
 }

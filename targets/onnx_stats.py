@@ -29,7 +29,9 @@ FREE_OPS = frozenset(
         "Cast",
     }
 )
-TENSOR_CORE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "SparseConv3d"})
+# Sparse conv op types -> input index of their weight [Cout, kz, ky, kx, Cin].
+SPARSE_CONV_WEIGHT_SLOT = {"SparseConv3d": 2, "SparseInverseConv3d": 3}
+TENSOR_CORE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", *SPARSE_CONV_WEIGHT_SLOT})
 # Assumed share of a sparse-conv kernel's offsets that hit an active site, when no rulebook
 # statistics are given: LiDAR voxels are surface-like, so a 3x3x3 neighbourhood is mostly empty.
 SPARSE_NEIGHBOR_FRACTION = 0.25
@@ -121,7 +123,7 @@ def node_work(model: Any, dims: Mapping[str, int]) -> list[NodeWork]:
         ins = [(_size(shapes.get(i), dims), i in inits) for i in node.input if i]
         act = 4.0 * (sum(n for n, is_w in ins if not is_w) + sum(outs))
         wbytes = 4.0 * sum(n for n, is_w in ins if is_w)
-        slot = 2 if node.op_type == "SparseConv3d" else 1
+        slot = SPARSE_CONV_WEIGHT_SLOT.get(node.op_type, 1)
         weight = next((i for i in node.input[slot : slot + 1] if i in inits), None)
         flops, cin, cout, kvol = _flops(node, shapes, dims, outs)
         if node.op_type in FREE_OPS:
@@ -154,8 +156,8 @@ def _flops(node: Any, shapes: dict, dims: Mapping[str, int], outs: list[int]) ->
             else:
                 k, n = (b[-2], b[-1]) if len(b) >= 2 else (b[0], 1)
             return 2.0 * out0 * k, int(k), int(n), 1
-    if op == "SparseConv3d":
-        w = shapes.get(node.input[2]) or []
+    if op in SPARSE_CONV_WEIGHT_SLOT:
+        w = shapes.get(node.input[SPARSE_CONV_WEIGHT_SLOT[op]]) or []
         if len(w) == 5 and all(isinstance(d, int) for d in w):
             kvol = w[1] * w[2] * w[3]
             sites = _size((shapes.get(node.output[0]) or [0])[:1], dims)

@@ -172,3 +172,22 @@ def test_dynamic_dims_defaults_and_observation():
 def test_missing_rates_are_user_errors():
     with pytest.raises(SparsefuseError, match="int8"):
         cost_model.target_rates(get_target("cpu"), "int8")
+
+
+def test_sparse_inverse_conv_counts_as_a_sparse_conv():
+    """Weight at input 3, FLOPs from its output sites like SparseConv3d, a tensor-core op."""
+    from sparsefuse.plugins import onnx_ops
+    from sparsefuse.targets.onnx_stats import SPARSE_NEIGHBOR_FRACTION, TENSOR_CORE_OPS
+
+    feeds = {"features": np.zeros((5, 8), np.float32), "coords": np.zeros((5, 4), np.int32),
+             "out_coords": np.zeros((9, 4), np.int32), "weight": np.zeros((16, 3, 3, 3, 8), np.float32)}
+    attrs = {"spatial_shape": [8, 8, 8], "kernel_size": [3, 3, 3], "stride": [2, 2, 2], "padding": [1, 1, 1]}
+    model = onnx_ops.single_node_model("SparseInverseConv3d", feeds, attrs)
+    model.graph.initializer.append(numpy_helper.from_array(feeds["weight"], "weight"))
+    rows = model.graph.output[0].type.tensor_type.shape.dim[0]
+    rows.dim_param = "out_coords_0"  # as exported: M is out_coords' row count (the fake kernel)
+    model.graph.node[0].name = "lidar.up"
+    (work,) = node_work(model, {"out_coords_0": 900, "features_0": 100})
+    assert work.op_type in TENSOR_CORE_OPS and work.weight == "weight"
+    assert (work.in_channels, work.out_channels, work.kernel_volume) == (8, 16, 27)
+    assert work.flops == 2.0 * 900 * 27 * SPARSE_NEIGHBOR_FRACTION * 16 * 8
