@@ -422,14 +422,17 @@ def torch_inputs(spec: ModelSpec, frame: Mapping[str, Any]) -> dict[str, Any]:
 def run_forward(model: Any, frame: Mapping[str, Any], spec: ModelSpec) -> Any:
     """One forward with the frame's inputs as keyword arguments (no grad). A failure in the
     user's code is one line naming the file and line."""
+    import logging
     import warnings
 
     import torch
 
+    # Third-party libraries' own notices (spconv's scatter_nd indexing deprecation, torch.fx's
+    # is_fx_tracing notice raised by spconv's tensor class) are not the user's business here.
+    fx_log = logging.getLogger("torch.fx._symbolic_trace")
+    was_disabled, fx_log.disabled = fx_log.disabled, True
     try:
         with torch.inference_mode(), warnings.catch_warnings():
-            # Third-party libraries' own deprecation noise (spconv's scatter_nd indexing) is not
-            # the user's business during a compile.
             warnings.filterwarnings("ignore", category=UserWarning, module=r"spconv\.")
             return model(**torch_inputs(spec, frame))
     except SparsefuseError:
@@ -437,3 +440,5 @@ def run_forward(model: Any, frame: Mapping[str, Any], spec: ModelSpec) -> Any:
     except Exception as exc:
         raise SparsefuseError(f"the model's forward failed on a frame: {_exception_line(exc)}",
                               "check that the frames match what the forward expects") from None
+    finally:
+        fx_log.disabled = was_disabled

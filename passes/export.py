@@ -174,17 +174,21 @@ def _set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporter's progress prints and warnings; the CLI has its own display."""
-    names = ("torch.onnx", "onnxscript", "onnx_ir", "torch._dynamo", "torch.fx", "torch.export",
-             "torch._export")
+    names = ("torch.onnx", "onnxscript", "onnx_ir", "torch._dynamo", "torch.fx", "torch.fx._symbolic_trace",
+             "torch.export", "torch._export")
     loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
+    levels = [(lg.level, lg.disabled) for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    # torch.export re-arms some of its loggers' levels while it runs; one of them (fx's
+    # is_fx_tracing notice, raised by spconv's tensor class) must stay quiet all the same.
+    logging.getLogger("torch.fx._symbolic_trace").disabled = True
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
+        for lg, (level, disabled) in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+            lg.disabled = disabled
