@@ -3,7 +3,8 @@
 Vectorized over all Kt = kz*ky*kx kernel offsets, like the SparseConv3d body (whose helpers it uses):
 1. for fine site x (row of out_coords) and offset k, the coarse site o = (x + p - k*d)/s, valid when
    exactly divisible and inside the coarse grid (the paired conv's output grid);
-2. o is looked up among the coarse ``coords`` by one sort (sparse_conv3d.function.sorted_lookup);
+2. o is looked up among the coarse ``coords`` (sparse_conv3d.function.lookup_rows: a dense table of
+   the coarse grid while small, else one sort; exact either way);
 3. gather [M, Kt, Cin] with a zero row for misses, one Gemm with weight [Cout, Kt*Cin] and the
    optional bias, then the activation. Output rows = out_coords rows.
 """
@@ -15,6 +16,7 @@ from onnx import TensorProto
 
 from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
 from sparsefuse.plugins.sparse_conv3d.function import (
+    TABLE_MAX_CELLS,
     _all_last,
     _linear_key,
     gather_gemm,
@@ -27,8 +29,9 @@ from sparsefuse.plugins.sparse_inverse_conv3d.schema import SPEC
 I64 = TensorProto.INT64
 
 
-def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
-    """The FunctionProto ``sparsefuse::SparseInverseConv3d``, body in the standard domain at ``opset``."""
+def function_proto(opset: int = MIN_BODY_OPSET, table_max_cells: int = TABLE_MAX_CELLS) -> onnx.FunctionProto:
+    """The FunctionProto ``sparsefuse::SparseInverseConv3d``, body in the standard domain at ``opset``;
+    ``table_max_cells`` as for SparseConv3d (the table spans the coarse grid)."""
     fb = FunctionBuilder(SPEC)
     grid, ksize = fb.attr("spatial_shape"), fb.attr("kernel_size")
     stride, pad, dil = fb.attr("stride"), fb.attr("padding"), fb.attr("dilation")
@@ -52,5 +55,5 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
         fb.op("Less", site, coarse),
     )
     query_keys = _linear_key(fb, fb.slice(fine, [0], [1], [1]), site, key_shape)  # [M,Kt]
-    nbr = lookup_rows(fb, keys, query_keys, _all_last(fb, ok))
+    nbr = lookup_rows(fb, keys, batch, key_shape, query_keys, _all_last(fb, ok), table_max_cells)
     return fb.build([gather_gemm(fb, nbr, n_offsets)], opset)

@@ -462,3 +462,34 @@ def test_function_on_a_grid_too_big_for_a_dense_table(subm):
     out, out_coords = run_function(case, features, coords, weight, bias)
     np.testing.assert_array_equal(out_coords, kmap.out_coords.numpy())
     assert within_fp32_tolerance(out, ref.numpy())
+
+
+def run_with_lookup(model: onnx.ModelProto, feeds: dict, op_type: str, table_max_cells: int
+                    ) -> list[np.ndarray]:
+    """Run ``model`` with its ``op_type`` body rebuilt for ``table_max_cells`` (0: always the sort)."""
+    forced = onnx.ModelProto()
+    forced.CopyFrom(model)
+    kept = [f for f in forced.functions if f.name != op_type]
+    del forced.functions[:]
+    forced.functions.extend([*kept, onnx_ops.OPS[op_type].function_proto(18, table_max_cells)])
+    session = ort.InferenceSession(forced.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans().flatmap(conv_case))
+def test_table_and_sorted_bodies_are_bit_identical(case):
+    """The body's two lookups (dense table, sort) give the same bits, whichever the grid size picks."""
+    features, coords, weight, bias = make_inputs(case, torch.float32)
+    feeds = {"features": features.numpy(), "coords": coords.numpy(), "weight": weight.numpy()}
+    if bias is not None:
+        feeds["bias"] = bias.numpy()
+    attrs = dict(case["attrs"], activation=case["activation"])
+    model = onnx_ops.single_node_model("SparseConv3d", feeds, attrs)
+    by_table = run_with_lookup(model, feeds, "SparseConv3d", 2**62)
+    by_sort = run_with_lookup(model, feeds, "SparseConv3d", 0)
+    for a, b in zip(by_table, by_sort, strict=True):
+        np.testing.assert_array_equal(a, b)
+    ref, ref_coords = sparse_conv3d(features, coords, weight, bias, **attrs)
+    np.testing.assert_array_equal(by_sort[1], ref_coords.numpy())
+    assert within_fp32_tolerance(by_sort[0], ref.numpy())

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_sparse_conv3d import densify, random_sparse, within_fp32_tolerance
+from test_sparse_conv3d import densify, random_sparse, run_with_lookup, within_fp32_tolerance
 
 from sparsefuse.errors import SparsefuseError
 from sparsefuse.plugins import onnx_ops
@@ -293,3 +293,21 @@ def test_dynamo_export_gives_one_node_with_static_rows_and_runs():
         ref = module(features, coords)
     assert out.shape == (57, 3) and float(np.abs(out).max()) > 0
     assert within_fp32_tolerance(out, ref.numpy())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inverse_case())
+def test_table_and_sorted_bodies_are_bit_identical(case):
+    features, coarse, fine, weight, bias = make_inputs(case, torch.float32)
+    feeds = {"features": features.numpy(), "coords": coarse.numpy(), "out_coords": fine.numpy(),
+             "weight": weight.numpy()}
+    if bias is not None:
+        feeds["bias"] = bias.numpy()
+    attrs = dict(case["geometry"], spatial_shape=case["shape"], activation=case["activation"])
+    model = onnx_ops.single_node_model("SparseInverseConv3d", feeds, attrs)
+    (by_table,) = run_with_lookup(model, feeds, "SparseInverseConv3d", 2**62)
+    (by_sort,) = run_with_lookup(model, feeds, "SparseInverseConv3d", 0)
+    np.testing.assert_array_equal(by_table, by_sort)
+    ref = sparse_inverse_conv3d(features, coarse, fine, weight, bias, case["shape"],
+                                activation=case["activation"], **case["geometry"])
+    assert within_fp32_tolerance(by_sort, ref.numpy())
