@@ -23,7 +23,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--onnx", default=None, help="lowered ONNX model (OUT/lowered/<target>.onnx)")
     parser.add_argument("--target", required=True, help="target tag or path to a target .toml")
     parser.add_argument("--out", required=True, help="profile.json path (profile.png is written beside it)")
-    parser.add_argument("--model", default="bevfusion-tiny", help="model preset whose frames to feed")
+    parser.add_argument("--model", default="bevfusion-tiny",
+                        help="model preset whose frames to feed; with --backend torch, the model to measure: "
+                             "a preset or path/to/model.py:factory (with --frames-dir)")
     parser.add_argument("--frames-dir", default=None, metavar="DIR",
                         help="a folder of .npz frames (your model's inputs) to feed instead of a preset's")
     parser.add_argument("--frames", type=int, default=3, help="distinct frames to cycle through")
@@ -104,12 +106,18 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     target = get_target(args.target)
     if args.backend == "torch":
-        from sparsefuse.models.presets import build_model
+        from pathlib import Path
+
+        from sparsefuse.compiler.model_interface import parse_model_ref
+        from sparsefuse.compiler.model_source import factory_source, preset_source
         from sparsefuse.targets.backends import torch_backend
 
-        built = torch_backend.build(
-            build_model(args.model, seed=0), target, torch_backend.TorchOptions(args.device)
-        )
+        ref = parse_model_ref(args.model)
+        source = (preset_source(args.model) if ref.is_preset
+                  else factory_source(ref, Path(args.frames_dir) if args.frames_dir else None, None))
+        options = torch_backend.TorchOptions(args.device, input_names=source.spec.input_names,
+                                             output_names=source.spec.output_names)
+        built = torch_backend.build(source.converted, target, options)
         profile = torch_backend.profile(
             built, _frames(args), runs=args.runs, warmup=args.warmup, duration_s=args.duration
         )

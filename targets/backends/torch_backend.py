@@ -25,10 +25,13 @@ INPUT_NAMES = ("images", "points")
 @dataclass(frozen=True)
 class TorchOptions:
     """device: "auto" (CUDA when available), "cpu" or "cuda"; hook_depth: module-path depth
-    whose modules get per-module timers (2 = "camera.backbone", "lidar.encoder", ...)."""
+    whose modules get per-module timers (2 = "camera.backbone", "lidar.encoder", ...);
+    input_names / output_names: the model spec's (default: the presets' forward(images, points))."""
 
     device: str = "auto"
     hook_depth: int = 2
+    input_names: tuple[str, ...] = INPUT_NAMES
+    output_names: tuple[str, ...] = OUTPUT_NAMES
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,16 @@ def build(model: Any, target: Target, options: TorchOptions | None = None, out_d
 
 
 def _tensors(built: Built, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    """The forward's arguments in order (the model is called positionally, in the spec's order)."""
     import torch
 
-    missing = [n for n in INPUT_NAMES if n not in feeds]
+    names = built.options.input_names
+    missing = [n for n in names if n not in feeds]
     if missing:
         raise SparsefuseError(
-            f"missing model inputs: {', '.join(missing)}", f"the model expects {INPUT_NAMES}"
+            f"missing model inputs: {', '.join(missing)}", f"the model expects {names}"
         )
-    return [torch.as_tensor(np.ascontiguousarray(feeds[n])).to(built.device) for n in INPUT_NAMES]
+    return [torch.as_tensor(np.ascontiguousarray(feeds[n])).to(built.device) for n in names]
 
 
 def run(built: Built, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -74,7 +79,10 @@ def run(built: Built, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = built.model(*_tensors(built, feeds))
     if isinstance(outs, Mapping):
         return {k: v.detach().cpu().numpy() for k, v in outs.items()}
-    return {name: t.detach().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outs, strict=True)}
+    if not isinstance(outs, (tuple, list)):
+        outs = (outs,)
+    return {name: t.detach().cpu().numpy()
+            for name, t in zip(built.options.output_names, outs, strict=True)}
 
 
 class _ModuleTimers:
@@ -180,7 +188,8 @@ def profile(
         versions=(("torch", torch.__version__),),
         samples_ms=tuple(samples),
         per_node=per_node,
-        lidar_points=tuple(int(inputs[f][1].shape[0]) for f in frames),
+        lidar_points=tuple(int(feeds_list[f]["points"].shape[0])
+                           for f in frames if "points" in feeds_list[f]),
         peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         notes=("per-module times from forward hooks in a separate pass",),
     )
