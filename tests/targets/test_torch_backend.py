@@ -123,7 +123,7 @@ def test_cli_profile_backend_torch(tmp_path, monkeypatch):
     import sparsefuse.models.presets as presets
     from sparsefuse.compiler.cli import main
 
-    monkeypatch.setattr(presets, "build_model", lambda name, seed=0: TinyFusion())
+    monkeypatch.setattr(presets, "build_model", lambda name, seed=0, **_: TinyFusion())
     np.savez(tmp_path / "in.npz", **feeds(12))
     argv = [
         "profile",
