@@ -202,8 +202,13 @@ def golden_frames(out: Path, record: dict[str, Any], count: int) -> list[tuple[d
         )
     rig = Path(cfg["rig"]) if cfg.get("rig") else None
     weights = Path(cfg["weights"]) if cfg.get("weights") else None
-    side = TorchSide(CompileConfig(cfg["model"], cfg.get("target", "cpu"), out, rig, int(cfg.get("seed", 0)),
-                                   weights=weights))
+    frames = Path(cfg["frames"]) if cfg.get("frames") else None
+    config = CompileConfig(cfg["model"], cfg.get("target", "cpu"), out, rig, int(cfg.get("seed", 0)),
+                           weights=weights, frames=frames)
+    if not config.is_preset and frames is None:
+        raise SparsefuseError(f"{out} has no verify frames, and its model was given as a Python object",
+                              f"recompile (sparsefuse.compile(..., out={str(out)!r})) to write them")
+    side = TorchSide(config)
     if (out / "sparsity" / "plan.json").is_file():
         side.plan = out / "sparsity" / "plan.json"  # the compile verified against the pruned model
     return [(frame, side.forward(frame)) for _, frame in side.verify_frames(count)]

@@ -156,11 +156,6 @@ class TorchSide:
         return self.source.spec
 
     @functools.cached_property
-    def preset(self) -> Any:
-        """The preset (presets only), with the camera count and point range of a user rig."""
-        return self.source.frames.preset
-
-    @functools.cached_property
     def rig(self) -> Any:
         """The user's rig, or None for the preset's built-in one."""
         if self.config.rig is None:
