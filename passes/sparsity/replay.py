@@ -128,12 +128,17 @@ class ReplayCache:
 
         class _Ctx:
             def __enter__(self_inner):
+                # A converted model may carry instance-level forwards (rebound to our ops): keep them.
+                self_inner.own = {name: module.__dict__["forward"] for name, module in model.modules.items()
+                                  if "forward" in module.__dict__}
                 for name, module in model.modules.items():
                     module.forward = model._wrap(name, module)
 
             def __exit__(self_inner, *exc):
-                for module in model.modules.values():
-                    if "forward" in module.__dict__:
+                for name, module in model.modules.items():
+                    if name in self_inner.own:
+                        module.forward = self_inner.own[name]
+                    elif "forward" in module.__dict__:
                         del module.forward
 
         return _Ctx()

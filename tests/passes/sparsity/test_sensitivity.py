@@ -80,3 +80,25 @@ def test_worst_case_is_the_max_over_frames(model, frames):
     worst = analyze(model, frames[:2], "2:4", worst_case=True).distortion()
     pruned = [(m[-1], w[-1]) for m, w in zip(mean, worst, strict=True) if len(m) > 1]
     assert pruned and all(w >= m > 0 for m, w in pruned) and any(w > m * 1.01 for m, w in pruned)
+
+
+def test_replay_keeps_instance_level_forwards():
+    """A converted model may rebind a module's forward on the instance; replaying must restore it."""
+    import types
+
+    import torch
+
+    from sparsefuse.passes.sparsity.replay import ReplayCache
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+
+    def doubled(self, x):
+        return torch.nn.functional.linear(x, self.weight, self.bias) * 2
+
+    model[1].forward = types.MethodType(doubled, model[1])
+    frames = [torch.ones(2, 3)]
+    cache = ReplayCache(model, frames, lambda m, f: m(f), {})
+    assert "forward" in model[1].__dict__
+    expected = doubled(model[1], model[0](frames[0]))
+    assert torch.allclose(cache.replay(0, []), expected)
+    assert torch.allclose(model(frames[0]), expected)
