@@ -3,13 +3,14 @@
 Attributes cannot change a function body's structure, so the body is vectorized over all
 Kt = kz*ky*kx kernel offsets at once:
 
-1. output sites: subm=1 -> the input coords; subm=0 -> Unique(sorted) of the valid candidate
-   output keys o = (x + p - k*d)/s, i.e. ordered by linear key over the output grid;
-2. neighbours: for output o and offset k the input site is o*s' - p' + k*d, with (s', p') =
-   (s, p) for a regular conv and (1, (K//2)*d) for a submanifold one; each is looked up among the
-   input keys (:func:`lookup_rows`: a dense index table of the B*Z*Y*X grid while that has <=
-   TABLE_MAX_CELLS cells, else one sort, exact and in memory O(N + M*Kt) whatever the grid; both in
-   the one body, chosen at run time);
+1. subm=0: the valid candidate output keys o = (x + p - k*d)/s of every input x and offset k are
+   sorted once (TopK); their distinct values are the output sites (ordered by linear key over the
+   output grid) and each candidate is a kernel-map pair (site, k) <- x, written with one
+   ScatterElements (:func:`_strided_map`; no lookup);
+2. subm=1: the output sites are the input coords; the input site of (site o, offset k) is
+   o + (k - K//2)*d, looked up among the input keys (:func:`lookup_rows`: a dense index table of the
+   B*Z*Y*X grid while that has <= TABLE_MAX_CELLS cells, else one sort, exact and in memory
+   O(N*Kt) whatever the grid; both in the one body, chosen at run time);
 3. gather [M, Kt, Cin] with a zero row for misses, then one Gemm with weight [Cout, Kt*Cin]
    (and the optional bias as Gemm's C), then the activation;
 4. the optional third output num_out [] int32 = M, which the TensorRT lowering requests on
@@ -48,14 +49,28 @@ def _linear_key(fb: FunctionBuilder, b: str, xyz: str, shape: str) -> str:
     return key
 
 
-def _strided_sites(
-    fb: FunctionBuilder, b: str, xyz: str, pad: str, off_d: str, stride: str, out_shape: str, key_shape: str
-) -> str:
-    """[M,4] int64 output sites of a regular conv, sorted by linear key (one Unique).
+def _sorted_runs(fb: FunctionBuilder, values: str) -> tuple[str, str]:
+    """(run starts [T] bool, run id [T] int64) of ascending ``values`` [T] (all >= 0): equal values
+    share a run; run id = CumSum(starts) - 1."""
+    previous = fb.op("Concat", fb.const([-1]), fb.slice(values, [0], [-1], [0]), axis=0)
+    start = fb.op("Not", fb.op("Equal", values, previous))
+    return start, fb.op("Sub", fb.op("CumSum", fb.op("Cast", start, to=I64), fb.const(0)), fb.const(1))
 
+
+def _strided_map(
+    fb: FunctionBuilder, rows: str, pad: str, off_d: str, stride: str, out_shape: str, key_shape: str,
+    n_offsets: str, miss: str,
+) -> tuple[str, str]:
+    """(sites [M,4] int64 sorted by linear key, nbr [M,Kt] int64) of a regular conv over input sites
+    ``rows`` [R,4] int64; nbr = input row, or ``miss`` ([1]: the zero row) where no input reaches.
+
+    The map comes from the candidates themselves: one TopK sorts the valid candidate keys
+    (o = (x + p - k*d)/s of input x, offset k); run starts give the sites, run ids their rows, and a
+    ScatterElements writes input x at (row, k) (one input per (site, offset): unique indices).
     out_shape: the output grid (possibly empty); key_shape: the same clamped to >= 1 for the keys.
     """
-    num = fb.op("Sub", fb.op("Add", fb.unsqueeze(xyz, [1]), pad), fb.unsqueeze(off_d, [0]))  # [N,Kt,3]
+    xyz = fb.slice(rows, [1], [4], [1])
+    num = fb.op("Sub", fb.op("Add", fb.unsqueeze(xyz, [1]), pad), fb.unsqueeze(off_d, [0]))  # [R,Kt,3]
     out = fb.op("Div", num, stride)
     ok = fb.op(
         "And",
@@ -64,18 +79,28 @@ def _strided_sites(
         ),
         fb.op("Less", out, out_shape),
     )
-    valid = _all_last(fb, ok)  # [N,Kt]
-    keys = _linear_key(fb, b, out, key_shape)  # b [N,1] broadcasts over Kt
     flat = fb.const([-1])
-    cand = fb.op("Compress", fb.op("Reshape", keys, flat), fb.op("Reshape", valid, flat), axis=0)
-    uniq = fb.op("Unique", cand, sorted=1)
+    valid = fb.op("Reshape", _all_last(fb, ok), flat)  # [R*Kt]
+    keys = _linear_key(fb, fb.slice(rows, [0], [1], [1]), out, key_shape)  # b [R,1] broadcasts over Kt
+    cand = fb.op("Compress", fb.op("Reshape", keys, flat), valid, axis=0)  # [C]
+    pair = fb.op("Compress", fb.op("Range", fb.const(0), fb.op("Size", valid), fb.const(1)), valid, axis=0)
+    values, order = fb.op("TopK", cand, fb.dim(cand, 0), axis=0, largest=0, sorted=1, n_out=2)
+    start, site_row = _sorted_runs(fb, values)
+    uniq = fb.op("Compress", values, start, axis=0)  # [M] ascending
+    pair = fb.op("Gather", pair, order, axis=0)  # input row * Kt + offset, in sorted order
+    kt = fb.unsqueeze(n_offsets, [0])
+    slot = fb.op("Add", fb.op("Mul", site_row, kt), fb.op("Mod", pair, kt))
+    n_sites = fb.dim(uniq, 0)
+    empty = fb.op("Expand", miss, fb.op("Mul", n_sites, kt))
+    nbr = fb.op("ScatterElements", empty, slot, fb.op("Div", pair, kt), axis=0)
     rest, parts = uniq, []
     for i in (2, 1, 0):
         size = fb.slice(key_shape, [i], [i + 1], [0])
         parts.append(fb.op("Mod", rest, size))
         rest = fb.op("Div", rest, size)
     cols = [rest, *reversed(parts)]  # b, z, y, x
-    return fb.op("Concat", *[fb.unsqueeze(c, [1]) for c in cols], axis=1)
+    sites = fb.op("Concat", *[fb.unsqueeze(c, [1]) for c in cols], axis=1)
+    return sites, fb.op("Reshape", nbr, fb.op("Concat", n_sites, kt, axis=0))
 
 
 def sorted_lookup(fb: FunctionBuilder, keys: str, queries: str) -> str:
@@ -91,10 +116,7 @@ def sorted_lookup(fb: FunctionBuilder, keys: str, queries: str) -> str:
     tagged = fb.op("Concat", fb.op("Mul", keys, two), fb.op("Add", fb.op("Mul", queries, two), one), axis=0)
     total = fb.dim(tagged, 0)
     values, order = fb.op("TopK", tagged, total, axis=0, largest=0, sorted=1, n_out=2)
-    run_key = fb.op("Div", values, two)
-    previous = fb.op("Concat", fb.const([-1]), fb.slice(run_key, [0], [-1], [0]), axis=0)
-    start = fb.op("Not", fb.op("Equal", run_key, previous))
-    run = fb.op("Sub", fb.op("CumSum", fb.op("Cast", start, to=I64), fb.const(0)), one)
+    start, run = _sorted_runs(fb, fb.op("Div", values, two))
     first = fb.op("Gather", fb.op("Compress", order, start, axis=0), run, axis=0)  # [T] original index
     n_keys = fb.dim(keys, 0)
     found = fb.op("Where", fb.op("Less", first, n_keys), first, fb.const(-1))
@@ -194,42 +216,35 @@ def function_proto(opset: int = MIN_BODY_OPSET, table_max_cells: int = TABLE_MAX
     one = fb.const(1)
 
     coords = fb.op("Cast", "coords", to=I64)
-    b = fb.slice(coords, [0], [1], [1])  # [N,1]
-    xyz = fb.slice(coords, [1], [4], [1])  # [N,3]
     off_d, n_offsets = scaled_offsets(fb, ksize, dil)
     regular_shape = regular_out_shape(fb, grid, ksize, stride, pad, dil)
     # Decoding divides by the output grid: keep it >= 1 even where it is empty (a submanifold conv
     # never uses it, but ORT rejects a constant zero divisor when it builds the Mod kernel).
     key_shape = fb.op("Max", regular_shape, one)
-    eff_stride = fb.op("Where", subm, fb.const([1, 1, 1]), stride)
-    eff_pad = fb.op("Where", subm, fb.op("Mul", fb.op("Div", ksize, fb.const(2)), dil), pad)
 
-    # Output sites without an If (ORT warns on renaming a branch's outer-scope inputs): the rows of
-    # `coords` go either to the submanifold part or to the strided candidates, the other part is empty.
+    # Without an If (ORT warns on renaming a branch's outer-scope inputs): the rows of `coords` go
+    # either to the submanifold part or to the strided part, and the other part is empty.
     n_in = fb.dim("coords", 0)
     to_subm = fb.op("Expand", subm, n_in)
     kept = fb.op("Compress", coords, to_subm, axis=0)
     rest = fb.op("Compress", coords, fb.op("Not", to_subm), axis=0)
-    strided = _strided_sites(
-        fb, fb.slice(rest, [0], [1], [1]), fb.slice(rest, [1], [4], [1]), pad, off_d, stride, regular_shape,
-        key_shape,
+    strided, strided_nbr = _strided_map(
+        fb, rest, pad, off_d, stride, regular_shape, key_shape, n_offsets, n_in
     )
-    out_coords = fb.op("Concat", kept, strided, axis=0)  # [M,4] int64
-    out_b = fb.slice(out_coords, [0], [1], [1])  # [M,1]
-    out_xyz = fb.slice(out_coords, [1], [4], [1])  # [M,3]
 
-    # Input site of (output o, offset k): o*s' - p' + k*d, looked up among the input keys.
-    query = fb.op(
-        "Add",
-        fb.unsqueeze(fb.op("Sub", fb.op("Mul", out_xyz, eff_stride), eff_pad), [1]),
-        fb.unsqueeze(off_d, [0]),
-    )  # [M,Kt,3]
+    # Submanifold: the input site of (site o, offset k) is o + (k - K//2)*d, looked up among the inputs.
+    kept_b = fb.op("Reshape", fb.slice(kept, [0], [1], [1]), fb.const([-1]))
+    kept_xyz = fb.slice(kept, [1], [4], [1])
+    half = fb.op("Mul", fb.op("Div", ksize, fb.const(2)), dil)
+    query = fb.op("Add", fb.unsqueeze(fb.op("Sub", kept_xyz, half), [1]), fb.unsqueeze(off_d, [0]))
     inside = _all_last(
         fb, fb.op("And", fb.op("GreaterOrEqual", query, fb.const(0)), fb.op("Less", query, grid))
     )
-    b_flat = fb.op("Reshape", b, fb.const([-1]))
-    keys = _linear_key(fb, b_flat, xyz, grid)
-    nbr = lookup_rows(fb, keys, b_flat, grid, _linear_key(fb, out_b, query, grid), inside, table_max_cells)
+    query_keys = _linear_key(fb, fb.unsqueeze(kept_b, [1]), query, grid)
+    subm_nbr = lookup_rows(fb, _linear_key(fb, kept_b, kept_xyz, grid), kept_b, grid, query_keys, inside,
+                           table_max_cells)
+    out_coords = fb.op("Concat", kept, strided, axis=0)  # [M,4] int64
+    nbr = fb.op("Concat", subm_nbr, strided_nbr, axis=0)  # [M,Kt]
     out = gather_gemm(fb, nbr, n_offsets)
     num_out = fb.op("Cast", fb.squeeze(fb.dim(out_coords, 0), [0]), to=TensorProto.INT32)  # TensorRT's size
     return fb.build([out, fb.op("Cast", out_coords, to=TensorProto.INT32), num_out], opset)
