@@ -106,7 +106,8 @@ def prune_model(
     calibration = [{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in f.items()}
                    for f in source.frames.calibration_frames(config.calib)]
     pruned, _, plan = run_sparsity_stage(source.converted, None, config, Path(out) / "sparsity", calibration,
-                                         forward=source.torch_forward, progress=progress)
+                                         forward=source.torch_forward, progress=progress,
+                                         transforms=source.spec.outputs)
     return pruned, plan
 
 

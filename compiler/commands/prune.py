@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, default=1.0, help="MMPrune4U regularizer weight (0 = RD-Prune)")
     p.add_argument("--modality-weights", default=None, help="e.g. camera=1,lidar=2,fusion=1")
     p.add_argument("--worst-case", action="store_true", help="max over frames instead of the mean")
+    p.add_argument("--distortion", default="consumer", choices=("consumer", "raw"),
+                   help="measure distortion after each output's consumer transform (the model spec's "
+                        "sigmoid / softmax / weighting; default) or on the raw outputs")
     p.add_argument("--synthetic", action="store_true", help="random frames instead of a calibration set")
     p.add_argument("--nm-policy", default="valid", help="valid (C%%4==0) | tensorrt (best-practice sizes)")
     p.add_argument("--permute", action="store_true", help="2:4 channel-permutation search")
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         beta=args.beta,
         modality_weights=args.modality_weights,
         worst_case=args.worst_case,
+        distortion=args.distortion,
         synthetic=args.synthetic,
         nm_policy=args.nm_policy,
         permute=args.permute,
@@ -76,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, frames, forward = _load(args, config.calib)
+    model, frames, forward, spec = _load(args, config.calib)
     out_dir = Path(args.out) / "sparsity"
     extra = {"forward": forward} if forward is not None else {}
-    _, _, plan = run_sparsity_stage(model, None, config, out_dir, frames, **extra)
+    _, _, plan = run_sparsity_stage(model, None, config, out_dir, frames, transforms=spec.outputs, **extra)
     counts = plan.forward_counts
     print(f"sparsity plan: {out_dir / 'plan.json'}")
     print(
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, count: int):
     from sparsefuse.compiler.model_interface import parse_model_ref
     from sparsefuse.models.frames import random_frame
-    from sparsefuse.models.presets import build_model, get_preset
+    from sparsefuse.models.presets import build_model, get_preset, preset_spec
 
     ref = parse_model_ref(args.model)
     if not ref.is_preset:
@@ -110,9 +114,10 @@ def _load(args: argparse.Namespace, count: int):
 
         load_checkpoint(model, args.checkpoint)  # SparsefuseError with a hint on a bad file
     if args.calib_seeds:
-        return model.eval(), _benchmark_frames(args.model, args.calib_seeds, count, args.data_cache), None
+        frames = _benchmark_frames(args.model, args.calib_seeds, count, args.data_cache)
+        return model.eval(), frames, None, preset_spec(args.model)
     frames = [random_frame(preset, args.seed * 1000 + i, args.num_points) for i in range(count)]
-    return model.eval(), frames, None
+    return model.eval(), frames, None, preset_spec(args.model)
 
 
 def _load_user_model(ref, args: argparse.Namespace, count: int):
@@ -134,7 +139,7 @@ def _load_user_model(ref, args: argparse.Namespace, count: int):
               for f in source.frames.calibration_frames(count)]
     for warning in source.warnings():
         print(f"warning: {warning}")
-    return source.converted, frames, source.torch_forward
+    return source.converted, frames, source.torch_forward, source.spec
 
 
 def _benchmark_frames(model: str, seeds_text: str, count: int, cache_dir: str) -> list:

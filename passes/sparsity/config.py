@@ -20,6 +20,8 @@ ALLOCATORS = ("mmprune4u", "rdprune", "lamp", "uniform", "global", "erk")
 PATTERNS = ("unstructured", "2:4", "channel")
 BUDGET_KINDS = ("params", "flops", "latency")
 NM_POLICIES = ("valid", "tensorrt")
+# Where δ is measured: after each output's consumer transform (the model spec's), or on raw outputs.
+DISTORTION_SPACES = ("consumer", "raw")
 DEFAULT_LATENCY_FRACTION = 0.5
 
 
@@ -40,12 +42,14 @@ class SparsityConfig:
     permute: bool = False
     dp_resolution: int = 10_000
     seed: int = 0
+    distortion: str = "consumer"
 
     def __post_init__(self) -> None:
         _check_choice("allocator", self.allocator, ALLOCATORS)
         _check_choice("pattern", self.pattern, PATTERNS)
         _check_choice("budget kind", self.budget_kind, BUDGET_KINDS)
         _check_choice("nm_policy", self.nm_policy, NM_POLICIES)
+        _check_choice("distortion", self.distortion, DISTORTION_SPACES)
         if not 0.0 < self.budget <= 1.0:
             raise SparsefuseError(
                 f"budget {self.budget} is outside (0, 1]",

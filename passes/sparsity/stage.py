@@ -20,7 +20,7 @@ from sparsefuse.errors import SparsefuseError
 from sparsefuse.passes.sparsity.allocate import solve_mckp
 from sparsefuse.passes.sparsity.analysis import Analysis, analyze
 from sparsefuse.passes.sparsity.apply_torch import apply_plan_torch
-from sparsefuse.passes.sparsity.calib import default_forward, synthetic_frames
+from sparsefuse.passes.sparsity.calib import consumer_forward, default_forward, synthetic_frames
 from sparsefuse.passes.sparsity.candidates import candidate_cost
 from sparsefuse.passes.sparsity.channel import ChannelChain, permute_chain
 from sparsefuse.passes.sparsity.config import SparsityConfig
@@ -214,12 +214,18 @@ def run_sparsity_stage(
     frames: Sequence[Any],
     forward: Callable[[torch.nn.Module, Any], Any] = default_forward,
     progress: Callable[[int, int], None] | None = None,
+    transforms: Sequence[Any] | None = None,
 ) -> tuple[torch.nn.Module, Any | None, SparsityPlan]:
     """-> (pruned torch model with masks applied, pruned ONNX model or None, plan).
 
     ``frames``: calibration frames (the first ``config.calib`` are used); with ``config.synthetic``
     only their shapes and value ranges are used (random frames of the same form).
+    ``transforms``: the model spec's OutputSpecs; with ``config.distortion == "consumer"`` (the
+    default) δ is measured after each output's consumer transform, else on the raw outputs.
     """
+    space = "consumer" if transforms and config.distortion == "consumer" else "raw"
+    if space == "consumer":
+        forward = consumer_forward(forward, list(transforms or ()))
     if not frames:
         raise SparsefuseError("no calibration frames", "pass --calib N ≥ 1 (or --synthetic)")
     calib = (
@@ -250,6 +256,9 @@ def run_sparsity_stage(
     decision = decide(analysis, weights, config, latency)
     counts = analysis.sensitivity.forward_counts if analysis.sensitivity else {}
     plan = build_plan(analysis, decision, config, weights, counts, permutations)
+    plan.config["distortion_space"] = space
+    plan.config["output_transforms"] = {t.name: t.transform + (f"({t.weight_by})" if t.weight_by else "")
+                                        for t in (transforms or ())}
     write_artifacts(analysis, plan, config, Path(out_dir), latency)
     pruned = copy.deepcopy(model).eval()
     apply_plan_torch(pruned, plan)

@@ -4,6 +4,7 @@ latency-table budget."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +14,8 @@ from sparsefuse.compiler.commands import prune
 
 @pytest.fixture
 def toy_loader(monkeypatch, model, frames):
-    monkeypatch.setattr(prune, "_load", lambda args, count: (model, frames[:count]))
+    no_transforms = SimpleNamespace(outputs=())  # the toy's raw outputs
+    monkeypatch.setattr(prune, "_load", lambda args, count: (model, frames[:count], None, no_transforms))
 
 
 def test_prune_cli_writes_plan_and_meets_budget(toy_loader, tmp_path, capsys):
