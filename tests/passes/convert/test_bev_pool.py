@@ -383,3 +383,56 @@ def test_bevfusion_full_model(static):
         assert set(got) == {"heatmap", "reg"}
         for key in want:
             assert_close(got[key], want[key].detach())
+
+
+def test_bevfusion_camera_runtime_exports_with_geometry_inputs():
+    """Runtime ranks in the graph: camera parameters are graph inputs, the ORT run on another frame
+    (other extrinsics, so other cells) matches the original."""
+    pytest.importorskip("spconv")
+    example = load_example("bevfusion_lss")
+    camera = example.build(0, static_geometry=False).camera
+    frames = [tensors({k: v for k, v in f.items() if k != "points"}) for f in example.make_frames(3, 0)]
+    converted, report = convert(camera, frames)
+    assert report.converted[0].target == "BEVPool (runtime ranks)"
+    names = ["images", "intrinsics", "cam_to_ego"]
+    other = {k: v.numpy() for k, v in frames[2].items()}
+    got = export_and_run(converted, tuple(frames[0][k] for k in names), names, None, other)
+    assert_close(torch.from_numpy(got[0]), camera(**frames[2]).detach())
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_bevfusion_full_model_exports_and_runs_in_onnxruntime(static):
+    pytest.importorskip("spconv")
+    if not spconv_converter_ready():
+        pytest.skip("passes/convert/spconv.py has not landed")
+    example = load_example("bevfusion_lss")
+    model = example.build(0, static_geometry=static)
+    frames = [tensors(f) for f in example.make_frames(3, 2, static_geometry=static)]
+    converted, _ = convert(model, frames)
+    names = list(frames[0])
+    dynamic = {
+        k: ({0: torch.export.Dim("num_points", min=2, max=1_000_000)} if k == "points" else None)
+        for k in names
+    }
+    program = torch.onnx.export(
+        converted,
+        tuple(frames[0][k] for k in names),
+        dynamo=True,
+        input_names=names,
+        dynamic_shapes=dynamic,
+        custom_translation_table=onnx_ops.custom_translation_table(),
+        verbose=False,
+    )
+    model_proto = program.model_proto
+    ops = [n.op_type for n in model_proto.graph.node if n.domain == "sparsefuse"]
+    assert ops.count("BEVPool") == 1 and ops.count("Voxelize") == 1 and ops.count("ScatterDense") == 1
+    constant_ranks = any("ranks_bev" in t.name for t in model_proto.graph.initializer)
+    assert constant_ranks == static
+    session = ort.InferenceSession(
+        onnx_ops.attach_functions(model_proto).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    got = session.run(None, {k: v.numpy() for k, v in frames[1].items()})
+    with torch.no_grad():
+        want = model(**frames[1])
+    for out, ref in zip(got, want.values(), strict=True):
+        assert_close(torch.from_numpy(out), ref)
