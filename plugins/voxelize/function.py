@@ -1,12 +1,13 @@
 """``sparsefuse::Voxelize`` as an ONNX FunctionProto in standard ops (slow, exact).
 
 Bins in float32 with a true Div like the reference, drops points outside the grid, orders
-voxels with Unique over the linear key (sorted=1: key order; sorted=0: first occurrence, i.e.
-arrival order), keeps the first max_voxels; sorts the points by voxel with TopK (ties by input
-index, so each voxel's points stay in input order and its first max_points_per_voxel rows are the
-counted ones); "mean": float64 prefix sums per voxel / counts; "none": Gather of each voxel's rows
-into [V,P,F] with zeros past the count. Deterministic: no Scatter at all (ORT's CPU
-ScatterND(reduction="add") races on duplicate indices). Empty inputs give V = 0.
+voxels with Unique(sorted=1) over the linear key (key order; "arrival" reorders them by the first
+point Unique reports, with TopK), keeps the first max_voxels; sorts the points by voxel with TopK
+(ties by input index, so each voxel's points stay in input order and its first
+max_points_per_voxel rows are the counted ones); "mean": float64 prefix sums per voxel / counts;
+"none": Gather of each voxel's rows into [V,P,F] with zeros past the count. Deterministic: no
+Scatter at all (ORT's CPU ScatterND(reduction="add") races on duplicate indices). Empty inputs
+give V = 0.
 """
 
 from __future__ import annotations
@@ -47,12 +48,7 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
     size_x, size_y, size_z = (fb.slice(grid, [i], [i + 1], [0]) for i in range(3))
     ix, iy, iz = (fb.squeeze(fb.slice(index, [i], [i + 1], [1]), [1]) for i in range(3))
     key = fb.op("Add", fb.op("Mul", fb.op("Add", fb.op("Mul", iz, size_y), iy), size_x), ix)  # [Q]
-    # Voxel order: Unique(sorted=1) is key order, Unique(sorted=0) first-occurrence (arrival) order.
-    by_key = fb.op("Unique", key, sorted=1, n_out=4)
-    by_arrival = fb.op("Unique", key, sorted=0, n_out=4)
-    arrival = _string_is(fb, "order", "arrival")
-    pairs = zip(by_arrival, by_key, strict=True)
-    uniq, _, inverse, counts = (fb.op("Where", arrival, a, k) for a, k in pairs)
+    uniq, inverse, counts = _voxels_in_order(fb, key)
 
     n_unique = fb.dim(uniq, 0)
     num = fb.op(
@@ -90,6 +86,26 @@ def function_proto(opset: int = MIN_BODY_OPSET) -> onnx.FunctionProto:
             fb.op("Cast", kept, to=TensorProto.INT32),
         ],
         opset,
+    )
+
+
+def _voxels_in_order(fb: FunctionBuilder, key: str) -> tuple[str, str, str]:
+    """(unique keys [U], voxel id per point [Q], points per voxel [U]) in the ``order`` attribute's order.
+
+    Unique(sorted=1) gives key order and each voxel's first point; "arrival" reorders the voxels by
+    that first point (TopK over U, cheaper than a second Unique over the Q points). A TopK of the
+    permutation is its inverse, which renumbers the points' voxel ids.
+    """
+    uniq, first, inverse, counts = fb.op("Unique", key, sorted=1, n_out=4)
+    n_unique = fb.dim(uniq, 0)
+    position = fb.op("Range", fb.const(0), fb.squeeze(n_unique, [0]), fb.const(1))  # [U] key order
+    rank = fb.op("Where", _string_is(fb, "order", "arrival"), first, position)
+    _, perm = fb.op("TopK", rank, n_unique, largest=0, sorted=1, n_out=2)  # new voxel -> key-order voxel
+    _, renumber = fb.op("TopK", perm, n_unique, largest=0, sorted=1, n_out=2)  # key-order voxel -> new
+    return (
+        fb.op("Gather", uniq, perm, axis=0),
+        fb.op("Gather", renumber, inverse, axis=0),
+        fb.op("Gather", counts, perm, axis=0),
     )
 
 
