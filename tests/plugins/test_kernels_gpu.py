@@ -163,6 +163,26 @@ def test_voxelize_all_outside(sfcuda, gen):
     assert int(out[2]) == 0
 
 
+@pytest.mark.parametrize(("max_points", "reduce", "order"), [
+    (4, "none", "arrival"), (3, "mean", "arrival"), (5, "none", "key"), (0, "mean", "arrival"),
+    (2, "mean", "key")])
+@pytest.mark.parametrize("max_voxels", [23, 100000])
+def test_voxelize_hard_modes_match_reference(sfcuda, gen, max_points, reduce, order, max_voxels):
+    """Hard voxelization (spconv / mmcv): first points per voxel, arrival order, the counts output."""
+    points = voxel_points(gen, 4000, spread=2.0)  # crowded: many voxels hold more than max_points
+    args = (RANGE, SIZE, max_voxels, max_points, reduce, order)
+    ref = ops.voxelize_with_counts(points, *args)
+    out = ops.voxelize_with_counts(points.cuda(), *args)
+    assert int(out[2]) == int(ref[2])
+    assert torch.equal(out[1].cpu(), ref[1]) and torch.equal(out[3].cpu(), ref[3])
+    if reduce == "none":
+        assert torch.equal(out[0].cpu(), ref[0])  # copies of the points, zero padding
+    else:
+        assert_close(out[0], ref[0], torch.float32)
+    three = ops.voxelize(points.cuda(), *args)
+    assert torch.equal(three[1], out[1])
+
+
 # ---- SparseConv3d ---------------------------------------------------------------------------------
 
 def sparse_input(gen, n, shape, batch=2, channels=16):
