@@ -209,20 +209,27 @@ def bev_pool_cuda(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_star
     return bev
 
 
-def sparse_conv3d_cuda(features, coords, weight, bias, spatial_shape, kernel_size, stride, padding, dilation,
-                       subm, activation):
+def _conv_operands(features, weight, bias, activation: str, op_type: str):
+    """(dtype code, features, weight [Cout, K, Cin], bias or None), contiguous on the features' device and
+    dtype; ValueError for an unknown activation."""
     if activation not in abi.ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(abi.ACTIVATIONS)}, got {activation!r}")
-    dev = features.device
     feats = features.contiguous()
-    code = _dtype_code(feats, "SparseConv3d")
+    code = _dtype_code(feats, op_type)
     c_out, c_in = int(weight.shape[0]), int(weight.shape[-1])
-    w = weight.to(device=dev, dtype=feats.dtype).reshape(c_out, -1, c_in).contiguous()
-    b = None if bias is None else bias.to(device=dev, dtype=feats.dtype).contiguous()
+    w = weight.to(device=feats.device, dtype=feats.dtype).reshape(c_out, -1, c_in).contiguous()
+    b = None if bias is None else bias.to(device=feats.device, dtype=feats.dtype).contiguous()
+    return code, feats, w, b
+
+
+def sparse_conv3d_cuda(features, coords, weight, bias, spatial_shape, kernel_size, stride, padding, dilation,
+                       subm, activation):
+    code, feats, w, b = _conv_operands(features, weight, bias, activation, "SparseConv3d")
+    dev = feats.device
     crd = coords.to(device=dev, dtype=torch.int32).contiguous()
     with torch.cuda.device(dev):
         out_coords, nbr = conv_kernel_map(crd, spatial_shape, kernel_size, stride, padding, dilation, subm)
-        out = _empty(out_coords.shape[0], c_out, dtype=feats.dtype, device=dev)
+        out = _empty(out_coords.shape[0], w.shape[0], dtype=feats.dtype, device=dev)
         conv_apply(code, feats, w, b, nbr, bool(subm), abi.ACTIVATIONS[activation], out)
     return out, out_coords
 
@@ -302,19 +309,13 @@ def conv_apply(code: int, feats, w, b, nbr, subm: bool, act: int, out: torch.Ten
 
 def sparse_inverse_conv3d_cuda(features, coords, out_coords, weight, bias, spatial_shape, kernel_size, stride,
                                padding, dilation, activation):
-    if activation not in abi.ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(abi.ACTIVATIONS)}, got {activation!r}")
-    dev = features.device
-    feats = features.contiguous()
-    code = _dtype_code(feats, "SparseInverseConv3d")
-    c_out, c_in = int(weight.shape[0]), int(weight.shape[-1])
-    w = weight.to(device=dev, dtype=feats.dtype).reshape(c_out, -1, c_in).contiguous()
-    b = None if bias is None else bias.to(device=dev, dtype=feats.dtype).contiguous()
+    code, feats, w, b = _conv_operands(features, weight, bias, activation, "SparseInverseConv3d")
+    dev = feats.device
     coarse = coords.to(device=dev, dtype=torch.int32).contiguous()
     fine = out_coords.to(device=dev, dtype=torch.int32).contiguous()
     with torch.cuda.device(dev):
         nbr = inverse_kernel_map(coarse, fine, spatial_shape, kernel_size, stride, padding, dilation)
-        out = _empty(fine.shape[0], c_out, dtype=feats.dtype, device=dev)
+        out = _empty(fine.shape[0], w.shape[0], dtype=feats.dtype, device=dev)
         conv_apply(code, feats, w, b, nbr, False, abi.ACTIVATIONS[activation], out)
     return out
 

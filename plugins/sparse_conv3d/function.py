@@ -57,6 +57,21 @@ def _sorted_runs(fb: FunctionBuilder, values: str) -> tuple[str, str]:
     return start, fb.op("Sub", fb.op("CumSum", fb.op("Cast", start, to=I64), fb.const(0)), fb.const(1))
 
 
+def exact_quotient(fb: FunctionBuilder, num: str, stride: str, bound: str) -> tuple[str, str]:
+    """(num / stride [..., 3] int64, valid [...] bool): valid where, on all three axes, num >= 0, stride
+    divides num and the quotient is < bound [3] (the site o of o*s = x + p - k*d on the output grid)."""
+    quotient = fb.op("Div", num, stride)
+    ok = fb.op(
+        "And",
+        fb.op(
+            "And", fb.op("GreaterOrEqual", num, fb.const(0)),
+            fb.op("Equal", fb.op("Mul", quotient, stride), num),
+        ),
+        fb.op("Less", quotient, bound),
+    )
+    return quotient, _all_last(fb, ok)
+
+
 def _strided_map(
     fb: FunctionBuilder, rows: str, pad: str, off_d: str, stride: str, out_shape: str, key_shape: str,
     n_offsets: str, miss: str,
@@ -71,16 +86,9 @@ def _strided_map(
     """
     xyz = fb.slice(rows, [1], [4], [1])
     num = fb.op("Sub", fb.op("Add", fb.unsqueeze(xyz, [1]), pad), fb.unsqueeze(off_d, [0]))  # [R,Kt,3]
-    out = fb.op("Div", num, stride)
-    ok = fb.op(
-        "And",
-        fb.op(
-            "And", fb.op("GreaterOrEqual", num, fb.const(0)), fb.op("Equal", fb.op("Mul", out, stride), num)
-        ),
-        fb.op("Less", out, out_shape),
-    )
+    out, ok = exact_quotient(fb, num, stride, out_shape)
     flat = fb.const([-1])
-    valid = fb.op("Reshape", _all_last(fb, ok), flat)  # [R*Kt]
+    valid = fb.op("Reshape", ok, flat)  # [R*Kt]
     keys = _linear_key(fb, fb.slice(rows, [0], [1], [1]), out, key_shape)  # b [R,1] broadcasts over Kt
     cand = fb.op("Compress", fb.op("Reshape", keys, flat), valid, axis=0)  # [C]
     pair = fb.op("Compress", fb.op("Range", fb.const(0), fb.op("Size", valid), fb.const(1)), valid, axis=0)

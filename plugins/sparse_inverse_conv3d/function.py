@@ -17,8 +17,8 @@ from onnx import TensorProto
 from sparsefuse.plugins.onnx_helpers import MIN_BODY_OPSET, FunctionBuilder
 from sparsefuse.plugins.sparse_conv3d.function import (
     TABLE_MAX_CELLS,
-    _all_last,
     _linear_key,
+    exact_quotient,
     gather_gemm,
     lookup_rows,
     regular_out_shape,
@@ -46,14 +46,7 @@ def function_proto(opset: int = MIN_BODY_OPSET, table_max_cells: int = TABLE_MAX
     num = fb.op(
         "Sub", fb.unsqueeze(fb.op("Add", fb.slice(fine, [1], [4], [1]), pad), [1]), fb.unsqueeze(off_d, [0])
     )  # [M,Kt,3] = x + p - k*d
-    site = fb.op("Div", num, stride)
-    ok = fb.op(
-        "And",
-        fb.op(
-            "And", fb.op("GreaterOrEqual", num, fb.const(0)), fb.op("Equal", fb.op("Mul", site, stride), num)
-        ),
-        fb.op("Less", site, coarse),
-    )
+    site, valid = exact_quotient(fb, num, stride, coarse)
     query_keys = _linear_key(fb, fb.slice(fine, [0], [1], [1]), site, key_shape)  # [M,Kt]
-    nbr = lookup_rows(fb, keys, batch, key_shape, query_keys, _all_last(fb, ok), table_max_cells)
+    nbr = lookup_rows(fb, keys, batch, key_shape, query_keys, valid, table_max_cells)
     return fb.build([gather_gemm(fb, nbr, n_offsets)], opset)

@@ -8,6 +8,7 @@
 // K map sizes; "implicit_gemm": no staging, no sync), "epsilon", "threshold".
 #include <cuda_runtime_api.h>
 
+#include "../sparse_conv3d/plugin_fields.h"
 #include "../trt_common.h"
 #include "kernels.h"
 
@@ -19,44 +20,16 @@ class SparseInverseConv3dPlugin : public PluginBase<SparseInverseConv3dPlugin> {
  public:
   static constexpr char kName[] = "SparseInverseConv3d";
 
-  static std::vector<PluginField> fieldNames() {
-    return {PluginField("spatial_shape", nullptr, PluginFieldType::kINT32, 3),
-            PluginField("kernel_size", nullptr, PluginFieldType::kINT32, 3),
-            PluginField("stride", nullptr, PluginFieldType::kINT32, 3),
-            PluginField("padding", nullptr, PluginFieldType::kINT32, 3),
-            PluginField("dilation", nullptr, PluginFieldType::kINT32, 3),
-            PluginField("activation", nullptr, PluginFieldType::kCHAR, 0),
-            PluginField("algo", nullptr, PluginFieldType::kCHAR, 0),
-            PluginField("epsilon", nullptr, PluginFieldType::kFLOAT32, 1),
-            PluginField("threshold", nullptr, PluginFieldType::kINT32, 1)};
-  }
+  static std::vector<PluginField> fieldNames() { return SpconvFields::names(false); }
   static IPluginV3* create(PluginFieldCollection const* fc) {
     auto p = new SparseInverseConv3dPlugin();
-    auto grab = [&](char const* name, std::vector<int64_t> fallback, int32_t* dst) {
-      auto v = read_ints(fc, name, fallback);
-      for (size_t a = 0; a < 3 && a < v.size(); ++a) dst[a] = static_cast<int32_t>(v[a]);
-      return v.size() == 3;
-    };
-    SfConvGeometry& g = p->geom_;
-    bool ok = grab("spatial_shape", {}, g.spatial_shape) && grab("kernel_size", {}, g.kernel_size) &&
-              grab("stride", {1, 1, 1}, g.stride) && grab("padding", {0, 0, 0}, g.padding) &&
-              grab("dilation", {1, 1, 1}, g.dilation);
-    g.subm = 0;
-    g.num_batches = 0;  // unknown at build time: hash table, full-width keys
-    std::string act = read_string(fc, "activation", "none");
-    p->activation_ = act == "relu" ? SF_ACT_RELU : SF_ACT_NONE;
-    std::string algo = read_string(fc, "algo", "gather_gemm_scatter");
-    p->implicit_ = algo == "implicit_gemm";
-    auto eps = read_floats(fc, "epsilon");
-    if (!eps.empty()) p->epsilon_ = eps[0];
-    p->threshold_ = read_ints(fc, "threshold", {p->threshold_})[0];
     size_t bytes = 0;  // also validates the geometry (a non-empty coarse grid)
-    ok = ok && (act == "none" || act == "relu") && (algo == "gather_gemm_scatter" || p->implicit_) &&
-         sf_spinv_map_workspace_size(&g, 0, 0, &bytes) == SF_OK;
+    bool const ok = p->f_.read(fc, false) && sf_spinv_map_workspace_size(&p->f_.geom, 0, 0, &bytes) == SF_OK;
     if (!ok) {
       delete p;
       return nullptr;
     }
+    SfConvGeometry const& g = p->f_.geom;
     p->volume_ = g.kernel_size[0] * g.kernel_size[1] * g.kernel_size[2];
     return p;
   }
@@ -94,20 +67,20 @@ class SparseInverseConv3dPlugin : public PluginBase<SparseInverseConv3dPlugin> {
     if (m == 0) return SF_OK;
     Layout l;
     SFT_CHECK(layout(n, m, cin, cout, in[0].type, workspace, &l));
-    SFT_CHECK(sf_spinv_kernel_map(&geom_, static_cast<int32_t const*>(inputs[1]), n,
+    SFT_CHECK(sf_spinv_kernel_map(&f_.geom, static_cast<int32_t const*>(inputs[1]), n,
                                   static_cast<int32_t const*>(inputs[2]), m, l.nbr, 0, l.map, l.map_bytes, stream));
     void const* bias = in_count_ > 4 ? inputs[4] : nullptr;
     int const dtype = sf_dtype(in[0].type);
     if (n == 0)  // no coarse site: every output row is act(bias)
-      return sf_spconv_direct(dtype, inputs[0], cin, inputs[3], bias, cout, l.nbr, m, volume_, activation_,
+      return sf_spconv_direct(dtype, inputs[0], cin, inputs[3], bias, cout, l.nbr, m, volume_, f_.activation,
                               outputs[0], stream);
-    if (implicit_)
-      return sf_spconv_implicit(dtype, inputs[0], cin, inputs[3], bias, cout, l.nbr, m, volume_, activation_,
+    if (f_.implicit)
+      return sf_spconv_implicit(dtype, inputs[0], cin, inputs[3], bias, cout, l.nbr, m, volume_, f_.activation,
                                 outputs[0], stream);
     SfConvPlan plan;
-    SFT_CHECK(sf_spconv_plan(l.nbr, m, volume_, -1, epsilon_, threshold_, l.sidx, &plan, l.plan, l.plan_bytes,
+    SFT_CHECK(sf_spconv_plan(l.nbr, m, volume_, -1, f_.epsilon, f_.threshold, l.sidx, &plan, l.plan, l.plan_bytes,
                              stream));
-    return sf_spconv_apply(dtype, &plan, inputs[0], n, cin, inputs[3], bias, cout, l.nbr, l.sidx, activation_,
+    return sf_spconv_apply(dtype, &plan, inputs[0], n, cin, inputs[3], bias, cout, l.nbr, l.sidx, f_.activation,
                            l.gathered, l.partial, outputs[0], stream);
   }
   int32_t onShapeChange(PluginTensorDesc const*, int32_t nbIn, PluginTensorDesc const*, int32_t) noexcept override {
@@ -120,17 +93,8 @@ class SparseInverseConv3dPlugin : public PluginBase<SparseInverseConv3dPlugin> {
     return 0;
   }
   PluginFieldCollection const* getFieldsToSerialize() noexcept override {
-    auto vec = [](int32_t const* v) { return std::vector<int64_t>{v[0], v[1], v[2]}; };
     writer_.clear();
-    writer_.ints("spatial_shape", vec(geom_.spatial_shape));
-    writer_.ints("kernel_size", vec(geom_.kernel_size));
-    writer_.ints("stride", vec(geom_.stride));
-    writer_.ints("padding", vec(geom_.padding));
-    writer_.ints("dilation", vec(geom_.dilation));
-    writer_.string("activation", activation_ == SF_ACT_RELU ? "relu" : "none");
-    writer_.string("algo", implicit_ ? "implicit_gemm" : "gather_gemm_scatter");
-    writer_.floats("epsilon", {static_cast<float>(epsilon_)});
-    writer_.ints("threshold", {threshold_});
+    f_.write(writer_, false);
     return writer_.collection();
   }
 
@@ -144,8 +108,8 @@ class SparseInverseConv3dPlugin : public PluginBase<SparseInverseConv3dPlugin> {
   // Worst-case carve of one workspace: coarse-site hash, kernel map, plan, staging.
   int layout(int64_t n, int64_t m, int64_t cin, int64_t cout, DataType type, void* base, Layout* l) const {
     const size_t elem = type == DataType::kHALF ? 2 : 4;
-    SFT_CHECK(sf_spinv_map_workspace_size(&geom_, n, 0, &l->map_bytes));
-    if (!implicit_) SFT_CHECK(sf_spconv_plan_workspace_size(m, volume_, &l->plan_bytes));
+    SFT_CHECK(sf_spinv_map_workspace_size(&f_.geom, n, 0, &l->map_bytes));
+    if (!f_.implicit) SFT_CHECK(sf_spconv_plan_workspace_size(m, volume_, &l->plan_bytes));
     char* p = static_cast<char*>(base);
     size_t used = 0;
     auto take = [&](size_t bytes) {
@@ -156,7 +120,7 @@ class SparseInverseConv3dPlugin : public PluginBase<SparseInverseConv3dPlugin> {
     l->map = take(l->map_bytes);
     l->plan = take(l->plan_bytes);
     l->nbr = static_cast<int32_t*>(take(static_cast<size_t>(m * volume_) * 4));
-    if (!implicit_) {  // implicit GEMM needs no staging
+    if (!f_.implicit) {  // implicit GEMM needs no staging
       l->sidx = static_cast<int32_t*>(take(static_cast<size_t>(m * volume_) * 4));
       // Every pair has a distinct (fine site, offset), so at most M*K gathered rows.
       l->gathered = take(static_cast<size_t>(m * volume_ * cin) * elem);
@@ -166,13 +130,9 @@ class SparseInverseConv3dPlugin : public PluginBase<SparseInverseConv3dPlugin> {
     return SF_OK;
   }
 
-  SfConvGeometry geom_{};
+  SpconvFields f_;
   int32_t volume_ = 1;
-  int32_t activation_ = SF_ACT_NONE;
-  double epsilon_ = 0.4;
-  int64_t threshold_ = 8192;
   int32_t in_count_ = 5;
-  bool implicit_ = false;
 };
 
 using SparseInverseConv3dCreator = Creator<SparseInverseConv3dPlugin>;

@@ -4,6 +4,7 @@ against dense conv_transpose3d, ONNX function against the reference, dynamo expo
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -212,13 +213,18 @@ def test_gradcheck_float64(activation):
 # --- ONNX function ----------------------------------------------------------------------------------
 
 
-def run_function(case: dict, features, coarse, fine, weight, bias) -> np.ndarray:
+def one_node_model(case: dict, features, coarse, fine, weight, bias) -> tuple[onnx.ModelProto, dict]:
+    """(SparseInverseConv3d one-node model with its body, feeds)."""
     feeds = {"features": features.numpy(), "coords": coarse.numpy(), "out_coords": fine.numpy(),
              "weight": weight.numpy()}
     if bias is not None:
         feeds["bias"] = bias.numpy()
     attrs = dict(case["geometry"], spatial_shape=case["shape"], activation=case["activation"])
-    model = onnx_ops.single_node_model("SparseInverseConv3d", feeds, attrs)
+    return onnx_ops.single_node_model("SparseInverseConv3d", feeds, attrs), feeds
+
+
+def run_function(case: dict, features, coarse, fine, weight, bias) -> np.ndarray:
+    model, feeds = one_node_model(case, features, coarse, fine, weight, bias)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, feeds)
     return out
@@ -299,12 +305,7 @@ def test_dynamo_export_gives_one_node_with_static_rows_and_runs():
 @given(inverse_case())
 def test_table_and_sorted_bodies_are_bit_identical(case):
     features, coarse, fine, weight, bias = make_inputs(case, torch.float32)
-    feeds = {"features": features.numpy(), "coords": coarse.numpy(), "out_coords": fine.numpy(),
-             "weight": weight.numpy()}
-    if bias is not None:
-        feeds["bias"] = bias.numpy()
-    attrs = dict(case["geometry"], spatial_shape=case["shape"], activation=case["activation"])
-    model = onnx_ops.single_node_model("SparseInverseConv3d", feeds, attrs)
+    model, feeds = one_node_model(case, features, coarse, fine, weight, bias)
     (by_table,) = run_with_lookup(model, feeds, "SparseInverseConv3d", 2**62)
     (by_sort,) = run_with_lookup(model, feeds, "SparseInverseConv3d", 0)
     np.testing.assert_array_equal(by_table, by_sort)
