@@ -20,9 +20,7 @@ __global__ void kernel_map_kernel(const int32_t* __restrict__ out_coords, int64_
     const int64_t m = e / d.volume;
     int k = static_cast<int>(e - m * d.volume);
     int off[3];
-    off[2] = k % d.k[2];
-    off[1] = (k / d.k[2]) % d.k[1];
-    off[0] = k / (d.k[2] * d.k[1]);
+    offset_of(k, d, off);
     const int32_t* o = out_coords + m * 4;
     int32_t c[4] = {o[0], 0, 0, 0};
     bool ok = true;
@@ -50,17 +48,12 @@ __global__ void candidate_kernel(const int32_t* __restrict__ coords, int64_t n, 
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = e / d.volume;
     const int k = static_cast<int>(e - i * d.volume);
-    const int off[3] = {k / (d.k[2] * d.k[1]), (k / d.k[2]) % d.k[1], k % d.k[2]};
+    int off[3];
+    offset_of(k, d, off);
     const int32_t* c = coords + i * 4;
-    bool ok = c[0] >= 0 && (d.batches == 0 || c[0] < d.batches);
-    int64_t key = c[0];
-#pragma unroll
-    for (int a = 0; a < 3; ++a) {
-      const int64_t num = static_cast<int64_t>(c[a + 1]) + d.p[a] - static_cast<int64_t>(off[a]) * d.d[a];
-      const int64_t q = num >= 0 ? num / d.s[a] : -1;
-      ok = ok && num >= 0 && q * d.s[a] == num && q < d.out[a];
-      key = key * d.out[a] + (ok ? q : 0);
-    }
+    int64_t q[3];
+    const bool ok = c[0] >= 0 && (d.batches == 0 || c[0] < d.batches) && strided_site(c + 1, off, d, d.out, q);
+    const int64_t key = ((static_cast<int64_t>(c[0]) * d.out[0] + q[0]) * d.out[1] + q[1]) * d.out[2] + q[2];
     keys[e] = ok ? static_cast<Key>(key) : sentinel;
   }
 }

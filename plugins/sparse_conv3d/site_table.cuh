@@ -117,6 +117,28 @@ __device__ inline bool in_key(const int32_t* c, const Dims& d, Key* key) {
   return true;
 }
 
+// Kernel offset k (row-major, kx fastest) as (kz, ky, kx).
+__device__ inline void offset_of(int k, const Dims& d, int off[3]) {
+  off[0] = k / (d.k[2] * d.k[1]);
+  off[1] = (k / d.k[2]) % d.k[1];
+  off[2] = k % d.k[2];
+}
+
+// The strided site q = (x + p - k*d) / s reached from fine coordinates xyz through offset `off`
+// (the regular conv's input -> output relation): true when, on all three axes, x + p - k*d >= 0,
+// s divides it and q < bound.
+__device__ inline bool strided_site(const int32_t* xyz, const int off[3], const Dims& d, const int64_t* bound,
+                                    int64_t q[3]) {
+  bool ok = true;
+#pragma unroll
+  for (int a = 0; a < 3; ++a) {
+    const int64_t num = static_cast<int64_t>(xyz[a]) + d.p[a] - static_cast<int64_t>(off[a]) * d.d[a];
+    q[a] = num >= 0 ? num / d.s[a] : -1;
+    ok = ok && num >= 0 && q[a] * d.s[a] == num && q[a] < bound[a];
+  }
+  return ok;
+}
+
 __global__ void table_insert_kernel(const int32_t* __restrict__ coords, int64_t n, Dims d, Table t) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

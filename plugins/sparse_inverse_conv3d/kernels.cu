@@ -28,17 +28,13 @@ __global__ void inverse_map_kernel(const int32_t* __restrict__ fine, int64_t row
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t m = e / c.volume;
     const int k = static_cast<int>(e - m * c.volume);
-    const int off[3] = {k / (c.k[2] * c.k[1]), (k / c.k[2]) % c.k[1], k % c.k[2]};
+    int off[3];
+    offset_of(k, c, off);
     const int32_t* x = fine + m * 4;
-    int32_t site[4] = {x[0], 0, 0, 0};
-    bool ok = true;
-#pragma unroll
-    for (int a = 0; a < 3; ++a) {
-      const int64_t num = static_cast<int64_t>(x[a + 1]) + c.p[a] - static_cast<int64_t>(off[a]) * c.d[a];
-      const int64_t q = num >= 0 ? num / c.s[a] : -1;
-      ok = ok && num >= 0 && q * c.s[a] == num && q < c.in[a];
-      site[a + 1] = ok ? static_cast<int32_t>(q) : 0;
-    }
+    int64_t q[3];
+    const bool ok = strided_site(x + 1, off, c, c.in, q);  // bound: the coarse grid
+    const int32_t site[4] = {x[0], static_cast<int32_t>(q[0]), static_cast<int32_t>(q[1]),
+                             static_cast<int32_t>(q[2])};
     Key key;
     nbr[e] = (ok && in_key(site, c, &key)) ? t.find(key) : -1;
   }
