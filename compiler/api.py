@@ -107,7 +107,7 @@ def prune_model(
                    for f in source.frames.calibration_frames(config.calib)]
     pruned, _, plan = run_sparsity_stage(source.converted, None, config, Path(out) / "sparsity", calibration,
                                          forward=source.torch_forward, progress=progress,
-                                         transforms=source.spec.outputs)
+                                         transforms=source.spec.outputs, modality=source.modality_of)
     return pruned, plan
 
 

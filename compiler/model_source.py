@@ -164,6 +164,15 @@ class ModelSource:
         """The raw forward on a frame of tensors or arrays (the sparsity stage's callback)."""
         return model(**mi.torch_inputs(self.spec, frame))
 
+    def modality_of(self, name: str) -> str | None:
+        """A parameter's modality tag: the spec's prefixes where it declares any, else the
+        presets' layout (first path component: camera, lidar, fusion, head; else "other")."""
+        if self.spec.modalities:
+            return self.spec.modality_of(name)
+        from sparsefuse.passes.sparsity.discover import modality_of
+
+        return modality_of(name)
+
     def digests(self) -> dict[str, str]:
         """SHA-256 of the model (code + weights) and of the frames, for the stage cache keys."""
         if self.is_preset:

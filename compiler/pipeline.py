@@ -281,7 +281,8 @@ def _sparsity(torch_side: TorchSide, out: Path, config: CompileConfig) -> dict[s
         with atomic_dir(out / SPARSITY_DIR) as tmp:
             _, pruned_onnx, plan = run_sparsity_stage(
                 torch_side.dense_model, onnx.load(out / EXPORT_ONNX), spec, tmp, frames,
-                forward=torch_side.source.torch_forward, transforms=torch_side.spec.outputs)
+                forward=torch_side.source.torch_forward, transforms=torch_side.spec.outputs,
+                modality=torch_side.source.modality_of)
             write_bytes(tmp / Path(SPARSITY_ONNX).name, pruned_onnx.SerializeToString())
     finally:
         torch.set_num_threads(previous)

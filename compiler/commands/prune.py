@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     model, frames, forward, spec = _load(args, config.calib)
     out_dir = Path(args.out) / "sparsity"
     extra = {"forward": forward} if forward is not None else {}
+    if getattr(spec, "modalities", ()):
+        extra["modality"] = spec.modality_of
     _, _, plan = run_sparsity_stage(model, None, config, out_dir, frames, transforms=spec.outputs, **extra)
     counts = plan.forward_counts
     print(f"sparsity plan: {out_dir / 'plan.json'}")

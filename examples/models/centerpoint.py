@@ -136,3 +136,16 @@ def make_frames(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
         points = np.concatenate([ground, boxes])[rng.permutation(n + m)]
         frames.append({"points": points.astype(np.float32)})
     return frames
+
+
+def build_with_spec(seed: int = 0):
+    """The model and its spec, the way a deployment team hands it to sparsefuse: the heatmap's
+    consumer applies a sigmoid, and box regression only matters where the heatmap fires."""
+    from sparsefuse import InputSpec, ModelSpec, OutputSpec
+
+    spec = ModelSpec(
+        inputs=(InputSpec("points", "float32", 2, ((0, "num_points"),)),),
+        outputs=(OutputSpec("heatmap", "sigmoid"), OutputSpec("reg", "weighted", weight_by="heatmap")),
+        modalities=(("", "lidar"), ("heatmap", "head"), ("reg", "head")),
+    )
+    return build(seed), spec

@@ -15,7 +15,7 @@ import torch
 from sparsefuse.passes.sparsity.calib import default_forward
 from sparsefuse.passes.sparsity.candidates import Candidate, candidate_masks, candidates_for
 from sparsefuse.passes.sparsity.channel import ChannelChain, find_chains
-from sparsefuse.passes.sparsity.discover import PrunableLayer, discover_layers
+from sparsefuse.passes.sparsity.discover import PrunableLayer, discover_layers, modality_of
 from sparsefuse.passes.sparsity.regularizer import combine_lambda, site_lambdas
 from sparsefuse.passes.sparsity.sensitivity import Sensitivity, measure_sensitivity
 
@@ -74,10 +74,11 @@ def analyze(
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
     before_measure: Callable[[Analysis], None] | None = None,
+    modality: Callable[[str], str] | None = None,
 ) -> Analysis:
     """Discover, build candidates and (when ``measure``) measure δᵈ and per-site λ bounds."""
     model.eval()
-    layers, traces = discover_layers(model, frames, forward)
+    layers, traces = discover_layers(model, frames, forward, modality=modality or modality_of)
     chains = find_chains(traces[0], layers)
     cands = [candidates_for(layer, pattern, levels, nm_policy, chains.get(layer.name)) for layer in layers]
     weights = dict(model.named_parameters())

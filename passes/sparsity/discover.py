@@ -147,8 +147,11 @@ def _weight_arg(call: Call) -> Any:
     return None
 
 
-def layers_from_traces(traces: Sequence[Trace]) -> list[PrunableLayer]:
-    """Prunable layers found in one or more traces (FLOPs averaged over traces), in call order."""
+def layers_from_traces(
+    traces: Sequence[Trace], modality: Callable[[str], str] = modality_of
+) -> list[PrunableLayer]:
+    """Prunable layers found in one or more traces (FLOPs averaged over traces), in call order.
+    ``modality`` tags a parameter name (default: its first path component, the presets' layout)."""
     found: dict[str, dict] = {}
     for trace in traces:
         per_trace: dict[str, float] = {}
@@ -174,7 +177,7 @@ def layers_from_traces(traces: Sequence[Trace]) -> list[PrunableLayer]:
             PrunableLayer(
                 name=name,
                 kind=info["kind"],
-                modality=modality_of(name),
+                modality=modality(name),
                 shape=info["shape"],
                 params=math.prod(info["shape"]),
                 flops=float(sum(info["flops"]) / len(traces)),
@@ -192,7 +195,8 @@ def discover_layers(
     frames: Sequence[Any],
     forward: Callable[[torch.nn.Module, Any], Any],
     max_frames: int = 4,
+    modality: Callable[[str], str] = modality_of,
 ) -> tuple[list[PrunableLayer], list[Trace]]:
     """Trace up to ``max_frames`` calibration frames; returns (layers, traces)."""
     traces = [trace_forward(model, lambda f=f: forward(model, f))[0] for f in list(frames)[:max_frames]]
-    return layers_from_traces(traces), traces
+    return layers_from_traces(traces, modality), traces

@@ -215,6 +215,7 @@ def run_sparsity_stage(
     forward: Callable[[torch.nn.Module, Any], Any] = default_forward,
     progress: Callable[[int, int], None] | None = None,
     transforms: Sequence[Any] | None = None,
+    modality: Callable[[str], str] | None = None,
 ) -> tuple[torch.nn.Module, Any | None, SparsityPlan]:
     """-> (pruned torch model with masks applied, pruned ONNX model or None, plan).
 
@@ -222,6 +223,8 @@ def run_sparsity_stage(
     only their shapes and value ranges are used (random frames of the same form).
     ``transforms``: the model spec's OutputSpecs; with ``config.distortion == "consumer"`` (the
     default) δ is measured after each output's consumer transform, else on the raw outputs.
+    ``modality``: parameter name -> modality tag (the model spec's ``modality_of``; default: the
+    first path component when it is camera / lidar / fusion / head).
     """
     space = "consumer" if transforms and config.distortion == "consumer" else "raw"
     if space == "consumer":
@@ -251,6 +254,7 @@ def run_sparsity_stage(
         worst_case=config.worst_case,
         progress=progress,
         before_measure=lambda a: check_budget(a, config, latency),
+        modality=modality,
     )
     weights = {n: p.detach() for n, p in work.named_parameters()}
     decision = decide(analysis, weights, config, latency)
