@@ -26,6 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "models"))
+from building_blocks import init_weights, sparse_block  # noqa: E402
+
 SPARSE_SHAPE = (41, 1440, 1440)  # (Z, Y, X): 40 voxels of 0.2 m plus one, as BEVFusion
 POINT_RANGE = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
 VOXEL_SIZE = (0.075, 0.075, 0.2)
@@ -35,14 +38,6 @@ STAGES = (((16,), None), ((32, 32, 32), 1), ((64, 64, 64), 1), ((128, 128, 128),
 OUT_CHANNELS = 128
 
 
-def _block(c_in: int, c_out: int, kernel, stride=1, padding=0, subm: bool = True, key: str | None = None):
-    import spconv.pytorch as spconv
-
-    conv = (spconv.SubMConv3d if subm else spconv.SparseConv3d)(
-        c_in, c_out, kernel, stride=stride, padding=padding, bias=False, indice_key=key)
-    return spconv.SparseSequential(conv, nn.BatchNorm1d(c_out, eps=1e-3, momentum=0.01), nn.ReLU())
-
-
 class NuScenesSparseEncoder(nn.Module):
     """voxel_features [N,5] f32, voxel_coords [N,4] i32 (b,z,y,x) -> BEV [1, 256, 180, 180]."""
 
@@ -50,20 +45,21 @@ class NuScenesSparseEncoder(nn.Module):
         import spconv.pytorch as spconv
 
         super().__init__()
-        self.conv_input = _block(IN_CHANNELS, 16, 3, padding=1, key="subm1")
+        self.conv_input = sparse_block(IN_CHANNELS, 16, 3, padding=1, key="subm1")
         layers, c_in = [], 16
         for i, (channels, down_padding) in enumerate(STAGES):
             blocks = []
             for j, c_out in enumerate(channels):
                 if down_padding is not None and j == 0:
-                    blocks.append(_block(c_in, c_out, 3, stride=2, padding=down_padding, subm=False,
+                    blocks.append(sparse_block(c_in, c_out, 3, stride=2, padding=down_padding, subm=False,
                                          key=f"spconv{i + 1}"))
                 else:
-                    blocks.append(_block(c_in, c_out, 3, padding=1, key=f"subm{i + 1}"))
+                    blocks.append(sparse_block(c_in, c_out, 3, padding=1, key=f"subm{i + 1}"))
                 c_in = c_out
             layers.append(spconv.SparseSequential(*blocks))
         self.encoder_layers = spconv.SparseSequential(*layers)
-        self.conv_out = _block(c_in, OUT_CHANNELS, (3, 1, 1), stride=(2, 1, 1), subm=False, key="spconv_down2")
+        self.conv_out = sparse_block(c_in, OUT_CHANNELS, (3, 1, 1), stride=(2, 1, 1), subm=False,
+                                     key="spconv_down2")
 
     def forward(self, voxel_features: torch.Tensor, voxel_coords: torch.Tensor) -> torch.Tensor:
         import spconv.pytorch as spconv
@@ -77,22 +73,7 @@ class NuScenesSparseEncoder(nn.Module):
 
 def build(seed: int = 0) -> nn.Module:
     """Deterministic He-scaled weights and non-trivial BatchNorm statistics."""
-    import spconv.pytorch as spconv
-
-    model = NuScenesSparseEncoder()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, spconv.conv.SparseConvolution):
-                fan_in = module.in_channels * int(np.prod(module.kernel_size))
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-            elif isinstance(module, nn.BatchNorm1d):
-                c = module.num_features
-                module.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                module.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                module.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                module.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-    return model.eval()
+    return init_weights(NuScenesSparseEncoder(), seed)
 
 
 def make_frame(seed: int, voxels: int) -> dict[str, np.ndarray]:
@@ -142,7 +123,8 @@ def main() -> None:
         "label": "measured", "machine": platform.processor() or platform.machine(),
         "sparse_shape": SPARSE_SHAPE, "voxels_per_frame": counts, "exit_code": done.returncode,
         "wall": wall.group(1) if wall else None, "peak_rss_mb": _peak_rss_mb(done.stderr),
-        "stage_s": stages, "verify_pass": json.loads(verify.read_text())["pass"] if verify.is_file() else None,
+        "stage_s": stages,
+        "verify_pass": json.loads(verify.read_text())["pass"] if verify.is_file() else None,
         "stderr_tail": done.stderr.strip().splitlines()[-3:] if done.returncode else [],
     }, indent=2))
 

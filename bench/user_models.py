@@ -59,8 +59,8 @@ def measure(path: Path, out: Path, frames: int) -> dict:
     stats = json.loads((out / "compile.json").read_text())
     kinds: dict[str, int] = {}
     for row in report.converted:
-        what = row.source.rsplit(".", 1)[-1] + (" (folded/fused)" if row.target.startswith(("folded", "fused"))
-                                                 else "")
+        folded = row.target.startswith(("folded", "fused"))
+        what = row.source.rsplit(".", 1)[-1] + (" (folded/fused)" if folded else "")
         kinds[what] = kinds.get(what, 0) + 1
     return {
         "model": path.stem,
@@ -85,14 +85,14 @@ def main() -> None:
     import spconv
     import torch
 
-    paths = sorted(EXAMPLES.glob("*.py"))
+    paths = sorted(p for p in EXAMPLES.glob("*.py") if "\ndef build(" in p.read_text())
     if args.models:
         wanted = set(args.models.split(","))
         paths = [p for p in paths if p.stem in wanted]
     rows = [measure(p, Path(args.out) / p.stem, args.frames) for p in paths]
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-                      "torch": torch.__version__, "spconv": spconv.__version__, "label": "measured",
-                      "models": rows}, indent=2))
+    print(json.dumps({"machine": platform.processor() or platform.machine(),
+                      "python": platform.python_version(), "torch": torch.__version__,
+                      "spconv": spconv.__version__, "label": "measured", "models": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,17 @@ ranks). ``make_frames(count, seed, static_geometry=False)`` matches. Loadable by
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import spconv.pytorch as spconv
 import torch
 from spconv.pytorch.utils import PointToVoxel
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by path: find the shared blocks
+from building_blocks import init_weights, sparse_block  # noqa: E402
 
 NUM_CAMERAS = 2
 IMAGE_SIZE = (32, 48)  # (H, W) pixels
@@ -142,18 +147,6 @@ class CameraLSS(nn.Module):
         return self.pool(volume, self.geometry(intrinsics, cam_to_ego))
 
 
-def sparse_block(
-    c_in: int, c_out: int, kernel, stride=1, padding=0, subm: bool = True, key: str | None = None
-) -> spconv.SparseSequential:
-    if subm:
-        conv = spconv.SubMConv3d(c_in, c_out, kernel, padding=padding, bias=False, indice_key=key)
-    else:
-        conv = spconv.SparseConv3d(
-            c_in, c_out, kernel, stride=stride, padding=padding, bias=False, indice_key=key
-        )
-    return spconv.SparseSequential(conv, nn.BatchNorm1d(c_out, eps=1e-3, momentum=0.01), nn.ReLU())
-
-
 class LidarBranch(nn.Module):
     """points [P,4] -> BEV [1, 32, 32, 32] (Y, X at 1 m)."""
 
@@ -198,30 +191,6 @@ class BEVFusionLSS(nn.Module):
         cam = self.camera_down(self.camera(images, intrinsics, cam_to_ego))
         fused = self.fuser(torch.cat([cam, self.lidar(points)], dim=1))
         return {"heatmap": self.heatmap(fused), "reg": self.reg(fused)}
-
-
-def init_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Deterministic weights and non-trivial BatchNorm statistics."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                module.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                module.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                module.running_var.copy_(0.5 + torch.rand(c, generator=gen) * 1.5)
-            elif isinstance(weight, torch.Tensor) and weight.dim() > 1:
-                fan_in = (
-                    weight[0].numel()
-                    if not isinstance(module, spconv.conv.SparseConvolution)
-                    else (module.in_channels * int(np.prod(module.kernel_size)))
-                )
-                weight.copy_(torch.randn(weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-    return model.eval()
 
 
 def build(seed: int = 0, static_geometry: bool = False) -> nn.Module:

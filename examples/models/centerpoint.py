@@ -9,11 +9,17 @@ Loadable by path: ``build(seed)``, ``make_frames(count, seed)``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import spconv.pytorch as spconv
 import torch
 from spconv.pytorch.utils import PointToVoxel
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by path: find the shared blocks
+from building_blocks import init_weights, sparse_block  # noqa: E402
 
 POINT_RANGE = [-25.6, -25.6, -5.0, 25.6, 25.6, 3.0]
 VOXEL_SIZE = [0.4, 0.4, 0.2]  # -> voxel grid (Z, Y, X) = (40, 128, 128)
@@ -23,34 +29,23 @@ NUM_FEATURES = 4
 NUM_CLASSES = 3
 
 
-def _block(c_in: int, c_out: int, kernel, stride=1, padding=0, subm: bool = True, key: str | None = None):
-    """conv -> BatchNorm1d -> ReLU (OpenPCDet's post_act_block shape)."""
-    if subm:
-        conv = spconv.SubMConv3d(c_in, c_out, kernel, padding=padding, bias=False, indice_key=key)
-    else:
-        conv = spconv.SparseConv3d(
-            c_in, c_out, kernel, stride=stride, padding=padding, bias=False, indice_key=key
-        )
-    return spconv.SparseSequential(conv, nn.BatchNorm1d(c_out, eps=1e-3, momentum=0.01), nn.ReLU())
-
-
 class SparseEncoder(nn.Module):
     """voxel features [N,4], coords [N,4] (b, z, y, x) -> BEV [1, 32*3, 32, 32]."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sparse_shape = list(SPARSE_SHAPE)
-        self.conv_input = _block(NUM_FEATURES, 8, 3, padding=1, key="subm1")
-        self.conv1 = spconv.SparseSequential(_block(8, 8, 3, padding=1, key="subm1"))
+        self.conv_input = sparse_block(NUM_FEATURES, 8, 3, padding=1, key="subm1")
+        self.conv1 = spconv.SparseSequential(sparse_block(8, 8, 3, padding=1, key="subm1"))
         self.conv2 = spconv.SparseSequential(
-            _block(8, 16, 3, stride=2, padding=1, subm=False, key="spconv2"),  # (21, 64, 64)
-            _block(16, 16, 3, padding=1, key="subm2"),
+            sparse_block(8, 16, 3, stride=2, padding=1, subm=False, key="spconv2"),  # (21, 64, 64)
+            sparse_block(16, 16, 3, padding=1, key="subm2"),
         )
         self.conv3 = spconv.SparseSequential(
-            _block(16, 32, 3, stride=2, padding=1, subm=False, key="spconv3"),  # (11, 32, 32)
-            _block(32, 32, 3, padding=1, key="subm3"),
+            sparse_block(16, 32, 3, stride=2, padding=1, subm=False, key="spconv3"),  # (11, 32, 32)
+            sparse_block(32, 32, 3, padding=1, key="subm3"),
         )
-        self.conv_out = _block(
+        self.conv_out = sparse_block(
             32, 32, (3, 1, 1), stride=(3, 1, 1), subm=False, key="spconv_down"
         )  # (3, 32, 32)
 
@@ -87,25 +82,6 @@ class CenterPoint(nn.Module):
     def forward(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
         bev = self.neck(self.backbone(*self.voxelize(points)))
         return {"heatmap": self.heatmap(bev), "reg": self.reg(bev)}
-
-
-def init_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Deterministic He-scaled weights and non-trivial BatchNorm affine parameters and statistics."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                module.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                module.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                module.running_var.copy_(0.5 + torch.rand(c, generator=gen) * 1.5)
-            elif isinstance(module, spconv.conv.SparseConvolution | nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-    return model.eval()
 
 
 def build(seed: int = 0) -> nn.Module:

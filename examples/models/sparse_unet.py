@@ -9,10 +9,16 @@ features [N, C] at the input voxels, in input order. Loadable by path: ``build``
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import spconv.pytorch as spconv
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by path: find the shared blocks
+from building_blocks import init_weights, random_voxel_frames  # noqa: E402
 
 SPARSE_SHAPE = (21, 64, 64)  # (Z, Y, X)
 IN_CHANNELS = 4
@@ -77,46 +83,10 @@ class SparseUNet(nn.Module):
         return self.head(up).features
 
 
-def init_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Deterministic conv weights (He-scaled) and non-trivial BatchNorm affine params and running stats."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, spconv.conv.SparseConvolution):
-                fan_in = module.in_channels * int(np.prod(module.kernel_size))
-                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                if module.bias is not None:
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
-            elif isinstance(module, nn.BatchNorm1d):
-                c = module.num_features
-                module.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                module.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                module.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                module.running_var.copy_(0.5 + torch.rand(c, generator=gen) * 1.5)
-    return model.eval()
-
-
 def build(seed: int = 0) -> nn.Module:
     return init_weights(SparseUNet(), seed)
 
 
-def random_voxels(rng: np.random.Generator, count: int, shape: tuple[int, int, int], channels: int
-                  ) -> dict[str, np.ndarray]:
-    """``count`` unique voxels of batch 0 on a wavy ground surface plus a few upright objects
-    (so submanifold neighbourhoods are populated), random features. Keys: the forward's names."""
-    z_size, y_size, x_size = shape
-    xy = rng.integers(0, [y_size, x_size], size=(count * 2, 2))
-    ground = (z_size // 4 + 2 * np.sin(xy[:, 1] / 9.0) + rng.integers(-1, 2, size=len(xy))).astype(np.int64)
-    lifted = rng.random(len(xy)) < 0.25  # object voxels higher up
-    z = np.clip(ground + lifted * rng.integers(1, z_size // 2, size=len(xy)), 0, z_size - 1)
-    zyx = np.unique(np.stack([z, xy[:, 0], xy[:, 1]], axis=1), axis=0)
-    zyx = zyx[rng.permutation(len(zyx))[:count]]  # unsorted, as a voxelizer hands them over
-    coords = np.concatenate([np.zeros((len(zyx), 1), np.int64), zyx], axis=1).astype(np.int32)
-    features = rng.normal(size=(len(zyx), channels)).astype(np.float32)
-    return {"voxel_features": features, "voxel_coords": coords}
-
-
 def make_frames(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """``count`` frames, 600-1000 voxels each (the count varies across frames)."""
-    rng = np.random.default_rng(seed)
-    return [random_voxels(rng, int(rng.integers(600, 1000)), SPARSE_SHAPE, IN_CHANNELS) for _ in range(count)]
+    return random_voxel_frames(count, seed, (600, 1000), SPARSE_SHAPE, IN_CHANNELS)

@@ -128,7 +128,7 @@ def test_runtime_conversion_matches_and_leaves_the_original_alone():
     converted, report = convert(model)
     [row] = report.converted
     assert (row.path, row.target) == ("inner:bev_pool", "BEVPool (runtime ranks)")
-    assert row.source.endswith("test_bev_pool.bev_pool") and "fewer than 2" in row.note
+    assert row.source.endswith("test_bev_pool_conversion.bev_pool") and "fewer than 2" in row.note
     assert "forward" in vars(converted.inner) and "forward" not in vars(model.inner)
     assert Splat.forward.__globals__["bev_pool"] is bev_pool and _lift.__globals__["bev_pool"] is bev_pool
     for seed, n in [(0, 500), (1, 37), (2, 2000)]:
