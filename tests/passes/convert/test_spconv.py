@@ -23,7 +23,8 @@ from spconv.pytorch import functional as Fsp  # noqa: E402
 
 from sparsefuse.errors import SparsefuseError  # noqa: E402
 from sparsefuse.passes.convert import convert  # noqa: E402
-from sparsefuse.passes.convert.spconv import CONVERTER, Downsample, SparseTensor  # noqa: E402
+from sparsefuse.passes.convert.spconv import CONVERTER  # noqa: E402
+from sparsefuse.passes.convert.spconv_modules import Downsample, SparseTensor  # noqa: E402
 from sparsefuse.plugins.common import linear_key  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "models"
