@@ -350,9 +350,30 @@ def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, target:
     doc = {**report.to_dict(), "checked": checked, "onnx": model, "reference": reference}
     if torch_side.plan is None and not torch_side.source.is_preset:
         doc["conversion"] = conversion_check(torch_side, [frame for _, frame in pairs])
+    if torch_side.spec.evaluate is not None:
+        session = engine_session(out / engine, out / model)
+        doc["metrics"] = task_metrics(torch_side, session, count)
     write_json(out / "verify.json", doc)
     return {"pass": report.passed, "polygraphy_pass": report.polygraphy_passed, "reference": reference,
             "polygraphy_command": report.polygraphy_command, "checked": checked}
+
+
+def task_metrics(torch_side: TorchSide, session: Any, count: int) -> dict[str, Any]:
+    """The spec's ``evaluate(outputs, frame)`` on the verify frames, for the reference and for the
+    ONNX graph: mean per metric and the difference (an accuracy gate reads these)."""
+    evaluate = torch_side.spec.evaluate
+    names = torch_side.spec.input_names
+    totals: dict[str, dict[str, float]] = {}
+    frames = torch_side.source.frames.verify_frames(count)  # full frames: labels included
+    for _, frame in frames:
+        feeds = {k: np.ascontiguousarray(frame[k]) for k in names}
+        onnx_out = dict(zip(torch_side.spec.output_names, session.run(None, feeds), strict=True))
+        for side, outputs in (("reference", torch_side.forward(feeds)), ("onnx", onnx_out)):
+            for metric, value in evaluate(outputs, frame).items():
+                totals.setdefault(metric, {}).setdefault(side, 0.0)
+                totals[metric][side] += float(value) / len(frames)
+    return {metric: {**sides, "delta": sides.get("onnx", 0.0) - sides.get("reference", 0.0)}
+            for metric, sides in sorted(totals.items())}
 
 
 def conversion_check(torch_side: TorchSide, frames: list[dict[str, np.ndarray]]) -> dict[str, Any]:

@@ -275,3 +275,32 @@ def test_spec_validation_names_the_field():
         sparsefuse.spec.validate_spec(spec)
     with pytest.raises(SparsefuseError, match="unknown transform"):
         ModelSpec((InputSpec("x"),), (OutputSpec("a"),)).with_outputs(a="tanh")
+
+
+def test_the_specs_evaluate_callback_reports_task_metrics_for_reference_and_onnx(tmp_path):
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+    class Scorer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, points):
+            return {"score": self.net(points).amax(0)}
+
+    def evaluate(outputs, frame):
+        """A toy metric that reads a label the frames carry."""
+        return {"abs_err": float(abs(float(np.asarray(outputs["score"])[0]) - float(frame["label"][0])))}
+
+    frames = [{"points": np.random.default_rng(i).random((20 + i, 4), dtype=np.float32),
+               "label": np.array([0.5], np.float32)} for i in range(3)]
+    spec = ModelSpec((InputSpec("points", "float32", 2, ((0, "num_points"),)),), (OutputSpec("score"),),
+                     evaluate=evaluate, label_keys=("label",))
+    result = sparsefuse.compile(Scorer(), frames, spec=spec, target="cpu", out=tmp_path / "out")
+    assert result.verify_passed
+    metrics = json.loads((tmp_path / "out" / "verify.json").read_text())["metrics"]
+    with torch.no_grad():
+        expected = np.mean([abs(float(net(torch.from_numpy(f["points"])).amax(0)[0]) - 0.5) for f in frames[1:]])
+    assert metrics["abs_err"]["reference"] == pytest.approx(expected, rel=1e-5)
+    assert abs(metrics["abs_err"]["delta"]) < 1e-5
