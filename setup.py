@@ -1,4 +1,4 @@
-"""Maps the top-level folders onto the `sparsefuse` import namespace (DESIGN.md §2)."""
+"""Maps the top-level folders onto the `sparsefuse` import namespace (docs/design.md §2)."""
 
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """The compile pipeline: export -> [sparsity] -> passes -> lower -> build -> verify -> profile ->
 report, top to bottom in :func:`compile_model`. Each stage reads the previous stage's artifact
-from OUT and writes its own (DESIGN.md §3); a new stage is one more ``run.run(...)`` line in that
+from OUT and writes its own (docs/design.md §3); a new stage is one more ``run.run(...)`` line in that
 function plus a small ``_stage`` function below it.
 
 Per backend: ``onnxruntime`` (cpu) builds the ORT-optimized model, verifies it and measures the

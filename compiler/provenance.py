@@ -1,4 +1,4 @@
-"""Provenance: tool versions, content hashes and stage cache keys (DESIGN.md §3).
+"""Provenance: tool versions, content hashes and stage cache keys (docs/design.md §3).
 
 A stage's cache key is the SHA-256 of its input hashes + the config + the tool versions. The
 sparsefuse "version" includes a digest of our own Python sources, so editing the model or a pass

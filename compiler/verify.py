@@ -1,4 +1,4 @@
-"""Verify: fresh synthetic frames through ONNX Runtime and PyTorch, compared per DESIGN.md §7.
+"""Verify: fresh synthetic frames through ONNX Runtime and PyTorch, compared per docs/tolerances.md.
 
 - ORT runs through polygraphy's ``OnnxrtRunner``, fed by our own session (a callable returning
   the ``InferenceSession``), and polygraphy's ``Comparator`` / ``CompareFunc.simple`` re-check
@@ -7,7 +7,7 @@
   verify.json carries the exact ``polygraphy run`` command that reproduces the comparison (and
   can be shrunk with ``polygraphy debug reduce``).
 
-Tolerances (DESIGN.md §7): float32 max|a-b| <= 1e-4*max|ref| + 1e-5; integers exact.
+Tolerances (docs/tolerances.md): float32 max|a-b| <= 1e-4*max|ref| + 1e-5; integers exact.
 ``max_rel`` is max|a-b| / max|ref| (normalised by the reference's range, not per element,
 so it stays meaningful where ref crosses zero).
 """
@@ -132,7 +132,7 @@ def verify(
             poly_ok &= bool(Comparator.compare_accuracy(pair, compare_func=compare))
         frame_reports.append({**dict(frame_info[index]), "outputs": {c.name: c.to_dict() for c in checks},
                               "pass": all(c.passed for c in checks)})
-        # Bounds scale with each frame's outputs (DESIGN §7) while polygraphy applies one bound per
+        # Bounds scale with each frame's outputs (docs/tolerances.md) while polygraphy applies one bound per
         # output to all iterations, so each frame gets its own files and command.
         one = RunResults()
         one.add([dict(ref.items())], runner_name="torch")

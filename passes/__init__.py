@@ -1,4 +1,4 @@
-"""sparsefuse.passes: graph passes (DESIGN.md §2).
+"""sparsefuse.passes: graph passes (docs/design.md §2).
 
 - manager.py: the pass runner (timing, onnx.checker + shape inference, logging);
 - export.py: torch -> ONNX, custom ops as single ``sparsefuse`` nodes, param map in the metadata;

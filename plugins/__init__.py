@@ -1,4 +1,4 @@
-"""Custom ops, one folder each (DESIGN.md §4). Importing this package registers the
+"""Custom ops, one folder each (docs/design.md §4). Importing this package registers the
 ``sparsefuse::*`` torch ops."""
 
 from sparsefuse.plugins import bev_pool, scatter_dense, sparse_conv3d, sparse_inverse_conv3d, voxelize

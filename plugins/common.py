@@ -1,6 +1,6 @@
 """What every custom op shares: the ONNX domain, and small index helpers.
 
-plugins/ imports nothing else of ours (DESIGN.md §2), so this module stays dependency-free
+plugins/ imports nothing else of ours (docs/design.md §2), so this module stays dependency-free
 apart from torch.
 """
 

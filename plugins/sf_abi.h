@@ -1,4 +1,4 @@
-/* Shared C ABI vocabulary of the sparsefuse CUDA kernels (DESIGN.md §4, item 5).
+/* Shared C ABI vocabulary of the sparsefuse CUDA kernels (docs/design.md §4, item 5).
  *
  * Every launcher takes raw device pointers and a cudaStream_t and returns an int status:
  * 0 on success, a positive cudaError_t value on a CUDA error, or one of the negative SF_ERR_*

@@ -1,4 +1,4 @@
-// Thin TensorRT glue shared by the four sparsefuse plugins (DESIGN.md §4, item 6).
+// Thin TensorRT glue shared by the four sparsefuse plugins (docs/design.md §4, item 6).
 //
 // API checked against the public TensorRT 10.x headers in NVIDIA/TensorRT include/:
 //   NvInferPluginBase.h (commit 2a387d69: PluginField, PluginFieldCollection, PluginFieldType,

@@ -1,6 +1,6 @@
 """sparsefuse: a deployment compiler for multimodal (camera + LiDAR) BEV perception models.
 
-The subpackages map onto the top-level folders (DESIGN.md §2):
+The subpackages map onto the top-level folders (docs/design.md §2):
 ``sparsefuse.compiler`` -> compiler/, ``sparsefuse.passes`` -> passes/, and so on.
 This root package holds only what every layer may import: the error family, atomic I/O, the
 artifact layout and the model spec. The Python API (``sparsefuse.compile``, ``prune``,

@@ -5,7 +5,7 @@ Peak is the tensor-core rate for Conv / Gemm / MatMul / SparseConv3d / SparseInv
 target's precision (FP16 on TensorRT targets, FP32 on the cpu target) and the FP32 CUDA-core rate for
 the rest.
 
-2:4 sparsity (research/anchors.md §5) changes only eligible layers on targets with sparse tensor
+2:4 sparsity (docs/sources.md S4, S5) changes only eligible layers on targets with sparse tensor
 cores: NVIDIA reports "about 15% (usually less)" end to end for CNNs (TensorRT#2310) and sparse
 kernels win only when C and K are large, about 256 or more (#3849, #4065). We model the compute
 term of an eligible layer as SPARSE_SPEEDUP_LARGE faster when C, K >= 256 and
@@ -104,7 +104,7 @@ def target_rates(target: Target, precision: str | None = None) -> Rates:
 
 
 def eligible_2to4(work: NodeWork) -> bool:
-    """TensorRT-style 2:4 eligibility of a layer with weights (research/anchors.md §1, V2XFusion)."""
+    """TensorRT-style 2:4 eligibility of a layer with weights (docs/sources.md S4, V2XFusion)."""
     if work.op_type not in TENSOR_CORE_OPS or work.weight is None or work.in_channels <= 0:
         return False
     c, rs = work.in_channels, work.kernel_volume

@@ -1,7 +1,7 @@
 """Which BEVFusion module a graph node belongs to, as in CUDA-BEVFusion's timers.
 
 CUDA-BEVFusion prints Lidar Backbone, Camera Depth, Camera Backbone, Camera Bevpool, VTransform,
-Transfusion and Head timers (research/anchors.md §1). We report the same split under the names
+Transfusion and Head timers (docs/sources.md S8). We report the same split under the names
 below (plus "vtransform" for the post-pool camera downsample). The mapping is a data table: first
 the custom op type decides, then the first pattern that matches the node's torch module path
 (the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata, e.g. "camera/camera.backbone/...",

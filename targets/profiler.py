@@ -1,7 +1,7 @@
 """Latency profiles: timing loop, statistics, per-node and per-module breakdown, profile.json.
 
 Every profile is labelled: ``measured`` (device, backend, versions) or ``estimated`` (cost model
-name and version). Nothing estimated is ever written as measured (DESIGN.md §6).
+name and version). Nothing estimated is ever written as measured (docs/design.md §6).
 
 profile.json (schema_version 1):
     label: "measured" | "estimated"; target; backend; device; versions {name: version};

@@ -1,4 +1,4 @@
-"""``sparsefuse compile``: model + rig -> verified artifacts for one target (DESIGN.md §3)."""
+"""``sparsefuse compile``: model + rig -> verified artifacts for one target (docs/design.md §3)."""
 
 from __future__ import annotations
 

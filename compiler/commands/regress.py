@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gate.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
     gate.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     acc = p.add_argument_group("accuracy")
-    acc.add_argument("--golden", type=Path, help="golden outputs npz (DESIGN.md §7 tolerances)")
+    acc.add_argument("--golden", type=Path, help="golden outputs npz (docs/tolerances.md tolerances)")
     acc.add_argument("--outputs", type=Path, help="candidate outputs npz (else --onnx is run on --inputs)")
     acc.add_argument(
         "--tolerances", type=Path, help="per-output tolerances JSON {name: {rtol_of_max, atol, exact}}"

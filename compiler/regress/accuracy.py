@@ -1,6 +1,6 @@
 """Accuracy gate: outputs against golden outputs, and a benchmark metric within ±tolerance.
 
-Tolerances follow DESIGN.md §7: float32 max|a−b| ≤ 1e-4·max|ref| + 1e-5; float16 / TF32
+Tolerances follow docs/tolerances.md: float32 max|a−b| ≤ 1e-4·max|ref| + 1e-5; float16 / TF32
 1e-2·max|ref| + 1e-3; integer and coordinate outputs exact. Per-output overrides come from a
 tolerances mapping ``{name: {"rtol_of_max": r, "atol": a}}`` (as stored in a hand-off bundle).
 """
@@ -27,7 +27,7 @@ class Tolerance:
 
 
 def default_tolerance(dtype: np.dtype, precision: str = "fp32") -> Tolerance:
-    """DESIGN.md §7 rule for an output of ``dtype`` produced at ``precision`` (fp32/fp16/tf32)."""
+    """docs/tolerances.md rule for an output of ``dtype`` produced at ``precision`` (fp32/fp16/tf32)."""
     if not np.issubdtype(dtype, np.floating):
         return Tolerance(0.0, 0.0, exact=True)
     rtol, atol = FLOAT32 if precision == "fp32" and dtype != np.float16 else FLOAT16

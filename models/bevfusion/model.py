@@ -1,5 +1,5 @@
 """The BEVFusion-style reference model: top-level submodules ``camera``, ``lidar``, ``fusion``,
-``head``, whose names are the modality tags of their parameters (DESIGN.md §5)."""
+``head``, whose names are the modality tags of their parameters (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def modality_of(name: str) -> str:
 
 @dataclass(frozen=True)
 class PrunableWeight:
-    """One prunable weight tensor (DESIGN.md §5): torch parameter name = ONNX initializer name."""
+    """One prunable weight tensor (docs/design.md §5): torch parameter name = ONNX initializer name."""
 
     name: str  # e.g. "lidar.encoder.stages.1.0.weight"
     kind: str  # "conv2d" | "linear" | "sparseconv3d"

@@ -1,4 +1,4 @@
-"""Layer-adaptive sparsity (DESIGN.md §5): discover -> sensitivity (RD curves, MMPrune4U λ) ->
+"""Layer-adaptive sparsity (docs/design.md §5): discover -> sensitivity (RD curves, MMPrune4U λ) ->
 allocate (knapsack DP or baselines) -> patterns (unstructured, 2:4, channel) -> plan -> apply.
 
 The compile pipeline calls :func:`run_sparsity_stage`; ``sparsefuse prune`` is its CLI.

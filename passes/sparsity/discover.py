@@ -2,13 +2,13 @@
 
 A prunable unit is a weight tensor used by conv1d/2d/3d, conv_transpose2d, linear,
 ``sparsefuse::sparse_conv3d`` or ``sparsefuse::sparse_inverse_conv3d`` (both kind "sparseconv3d")
-during a forward on calibration frames (DESIGN.md §5). FLOPs are 2·MACs per frame with dense
+during a forward on calibration frames (docs/design.md §5). FLOPs are 2·MACs per frame with dense
 weights, averaged over the traced frames:
 - dense conv / linear: from the traced output shape (2 · out.numel() · Cin/g · R · S);
 - transposed conv: 2 · in.numel() · Cout/g · R · S;
 - sparse conv: 2 · (kernel-map pairs measured on the frame's active sites) · Cin · Cout.
 
-2:4 eligibility (research/anchors.md §1, §5): the 4-groups run along the GEMM reduction
+2:4 eligibility (docs/sources.md S4): the 4-groups run along the GEMM reduction
 dimension C (conv2d [K,C,R,S] along C; linear along in_features; sparse conv [Cout,kz,ky,kx,Cin]
 along Cin). ``nm_valid``: C % 4 == 0 and groups == 1 (the pattern exists). ``nm_recommended``:
 TensorRT best practice as used by CUDA-V2XFusion (valid, R·S ≤ 32, and C·R·S ≥ 512 when R·S > 1

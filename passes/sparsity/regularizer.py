@@ -1,4 +1,4 @@
-"""MMPrune4U regularizer, operational definition (DESIGN.md §5).
+"""MMPrune4U regularizer, operational definition (docs/design.md §5).
 
 At each modality feature site m (camera BEV, LiDAR BEV, fused BEV), every channel c is modelled as a
 Gaussian over calibration frames and positions: (μ_t, σ_t²) for the unpruned model t, (μ_p, σ_p²) for

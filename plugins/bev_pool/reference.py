@@ -1,4 +1,4 @@
-"""PyTorch reference for ``sparsefuse::bev_pool`` (DESIGN.md §4, BEVPoolv2 interface).
+"""PyTorch reference for ``sparsefuse::bev_pool`` (docs/design.md §4, BEVPoolv2 interface).
 
 bev[b, c, y, x] = sum over frustum points p with ranks_bev[p] == (b*Y + y)*X + x of
 depth.flat[ranks_depth[p]] * feat.reshape(-1, C)[ranks_feat[p], c].

@@ -1,4 +1,4 @@
-"""PyTorch reference for ``sparsefuse::scatter_dense`` (DESIGN.md §4).
+"""PyTorch reference for ``sparsefuse::scatter_dense`` (docs/design.md §4).
 
 Scatters sparse voxel features into a dense BEV tensor with height folded into channels,
 as SECOND / BEVFusion do with ``sparse.dense().view(B, C*Z, Y, X)``: output channel

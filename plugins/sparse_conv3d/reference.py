@@ -1,4 +1,4 @@
-"""PyTorch reference for ``sparsefuse::sparse_conv3d``: spconv 2.x semantics (DESIGN.md §4).
+"""PyTorch reference for ``sparsefuse::sparse_conv3d``: spconv 2.x semantics (docs/design.md §4).
 
 - Weight layout [Cout, kz, ky, kx, Cin]; kernel offsets enumerated row-major, no flip.
   The dense equivalent is ``torch.nn.functional.conv3d`` with ``weight.permute(0, 4, 1, 2, 3)``.

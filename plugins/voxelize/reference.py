@@ -1,4 +1,4 @@
-"""PyTorch reference for ``sparsefuse::voxelize`` / ``sparsefuse::voxelize_with_counts`` (DESIGN.md §4).
+"""PyTorch reference for ``sparsefuse::voxelize`` / ``sparsefuse::voxelize_with_counts`` (docs/design.md §4).
 
 Semantics, shared by the ONNX function and the CUDA kernel:
 - grid shape (Z, Y, X) = round((max - min) / voxel_size) per axis;

@@ -140,7 +140,7 @@ VERDICT_MARKS = ("Error Metrics", "Minimum Required Tolerance", "PASSED |", "FAI
 def test_polygraphy_command_reproduces_the_comparison(compiled):
     commands = _json(compiled / "verify.json")["polygraphy"]["command"].split(" && ")
     frames = _json(compiled / "verify.json")["frames"]
-    assert len(commands) == len(frames)  # one per frame: each frame has its own bounds (DESIGN §7)
+    assert len(commands) == len(frames)  # one per frame: each frame has its own bounds (docs/tolerances.md)
     exe = Path(sys.executable).with_name("polygraphy")
     for index, (command, frame) in enumerate(zip(commands, frames, strict=True)):
         assert f"verify/frames/{index}_inputs.json" in command

@@ -1,4 +1,4 @@
-"""Verify's comparison rule (DESIGN.md §7) and its polygraphy plumbing, on a toy model."""
+"""Verify's comparison rule (docs/tolerances.md) and its polygraphy plumbing, on a toy model."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ def make_inputs(case: dict, dtype=torch.float32):
 
 
 def within_fp32_tolerance(actual: np.ndarray, ref: np.ndarray) -> bool:
-    """DESIGN.md §7: max|a-b| <= 1e-4 * max|ref| + 1e-5."""
+    """docs/tolerances.md: max|a-b| <= 1e-4 * max|ref| + 1e-5."""
     return float(np.abs(actual - ref).max()) <= 1e-4 * float(np.abs(ref).max()) + 1e-5
 
 

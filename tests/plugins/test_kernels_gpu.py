@@ -1,4 +1,4 @@
-"""CUDA kernels against the torch references (DESIGN.md §7, §8 `gpu` tier).
+"""CUDA kernels against the torch references (docs/tolerances.md, docs/design.md §8 `gpu` tier).
 
 Fresh random inputs on every run (the seed is printed for reproduction), every output and
 workspace poisoned before launch, fp32 and fp16 tolerances, edge cases. Needs a CUDA device and

@@ -38,7 +38,7 @@ def densify(features: torch.Tensor, coords: torch.Tensor, batch: int, shape: lis
 
 
 def within_fp32_tolerance(actual: np.ndarray, ref: np.ndarray) -> bool:
-    """DESIGN.md §7: max|a-b| <= 1e-4 * max|ref| + 1e-5."""
+    """docs/tolerances.md: max|a-b| <= 1e-4 * max|ref| + 1e-5."""
     if ref.size == 0:
         return actual.size == 0
     return float(np.abs(actual - ref).max()) <= 1e-4 * float(np.abs(ref).max()) + 1e-5
@@ -263,7 +263,7 @@ def test_function_float16(subm):
     out, out_coords = run_function(case, features, coords, weight, bias)
     assert out.dtype == np.float16
     np.testing.assert_array_equal(out_coords, ref_coords.numpy())
-    ref = ref.numpy()  # fp32 reference of the same (fp16-rounded) problem: DESIGN.md §7 fp16 rule
+    ref = ref.numpy()  # fp32 reference of the same (fp16-rounded) problem: docs/tolerances.md fp16 rule
     assert float(np.abs(out.astype(np.float32) - ref).max()) <= 1e-2 * float(np.abs(ref).max()) + 1e-3
 
 

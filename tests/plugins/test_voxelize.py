@@ -51,7 +51,7 @@ def brute_force(points: torch.Tensor, max_voxels: int):
 
 
 def within_fp32_tolerance(actual: np.ndarray, ref: np.ndarray) -> bool:
-    """DESIGN.md §7: max|a-b| <= 1e-4 * max|ref| + 1e-5."""
+    """docs/tolerances.md: max|a-b| <= 1e-4 * max|ref| + 1e-5."""
     if ref.size == 0:
         return actual.size == 0
     return float(np.abs(actual - ref).max()) <= 1e-4 * float(np.abs(ref).max()) + 1e-5
