@@ -43,7 +43,15 @@ def _row(t: Any) -> dict[str, Any]:
 
 
 def _rate(value: float) -> str:
-    return f"{value:g}" if value else "n/a"
+    """3 significant digits, whole numbers from 100 up (no exponent notation)."""
+    if not value:
+        return "n/a"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _pair(dense: float, sparse: float) -> str:
+    """``dense/sparse`` peak rates (3 significant digits), "-" without tensor-core rates."""
+    return f"{_rate(dense)}/{_rate(sparse)}" if dense else "-"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,36 +81,27 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_row(t) for t in targets], indent=2))
         return 0
-    table = Table(title="sparsefuse targets (rates: dense / 2:4 sparse peak)")
-    for column in (
-        "tag",
-        "SM",
-        "JetPack / TRT",
-        "FP16 TFLOPS",
-        "INT8 TOPS",
-        "DRAM GB/s",
-        "mem GB",
-        "DLA",
-        "power",
-    ):
-        table.add_column(column, overflow="fold")
+    from rich import box
+
+    # Fits 80 columns without breaking a tag mid-word (a broken tag cannot be copied): no borders,
+    # rates rounded to 3 significant digits; JetPack, power modes and sources are in --show TAG.
+    table = Table(title="sparsefuse targets: peak FP16 TFLOPS and INT8 TOPS (dense/2:4 sparse), "
+                        "DRAM GB/s, memory GB", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("tag", no_wrap=True, min_width=max(len(t.tag) for t in targets))
+    for column in ("SM", "TRT", "FP16", "INT8", "DRAM", "mem", "DLA"):
+        table.add_column(column, no_wrap=True, justify="right")
     for t in targets:
-        rates16 = f"{t.fp16_dense_tflops:g} / {_rate(t.fp16_sparse_tflops)}" if t.fp16_dense_tflops else "-"
-        rates8 = f"{t.int8_dense_tops:g} / {_rate(t.int8_sparse_tops)}" if t.int8_dense_tops else "-"
-        stack = " / ".join(
-            x for x in (t.jetpack and f"JP {t.jetpack}", t.tensorrt and f"TRT {t.tensorrt}") if x
-        )
         table.add_row(
             t.tag,
             str(t.sm or "-"),
-            stack or t.backend,
-            rates16,
-            rates8,
-            f"{t.dram_gbps:g}",
+            t.tensorrt or ("ORT" if t.backend == "onnxruntime" else t.backend),
+            _pair(t.fp16_dense_tflops, t.fp16_sparse_tflops),
+            _pair(t.int8_dense_tops, t.int8_sparse_tops),
+            _rate(t.dram_gbps),
             f"{t.memory_gb:g}",
             str(t.dla_cores),
-            ", ".join(m.name for m in t.power_modes) or "-",
         )
     console.print(table)
-    console.print("Add a target: copy a file from targets/registry/ and pass its path as --target.")
+    console.print("Details, power modes and the source of every number: sparsefuse targets --show TAG. "
+                  "Add a target: copy a file from targets/registry/ and pass its path as --target.")
     return 0

@@ -142,3 +142,15 @@ def test_bad_toml_files(tmp_path):
     (tmp_path / "broken.toml").write_text("tag = [")
     with pytest.raises(SparsefuseError, match="not valid TOML"):
         get_target(str(tmp_path / "broken.toml"))
+
+
+def test_the_targets_table_keeps_every_tag_whole_at_80_columns(monkeypatch, capsys):
+    from sparsefuse.compiler.cli import main
+    from sparsefuse.targets.registry import list_targets
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["targets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for target in list_targets():
+        assert any(line.split()[:1] == [target.tag] for line in lines if line.strip()), target.tag
