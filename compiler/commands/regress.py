@@ -23,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="baseline JSON (entries keyed by model, target, backend, version, precision, input sizes)",
     )
     src.add_argument("--profile", type=Path, help="candidate profile.json with per-run samples_ms")
+    # `--model` names a model (preset or factory) everywhere else; here it would mean an ONNX file.
+    src.add_argument("--model", dest="model_alias", default=None, help=argparse.SUPPRESS)
     src.add_argument(
         "--onnx",
-        "--model",
         dest="onnx",
         type=Path,
         help="candidate ONNX, or a compile directory OUT (its lowered model, fed its verify frames): "
@@ -108,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     from sparsefuse.compiler.regress.run import RegressOptions, run_regress
     from sparsefuse.errors import SparsefuseError
 
+    if args.model_alias is not None:
+        raise SparsefuseError("regress takes no --model (elsewhere it names a model, not an ONNX file)",
+                              f"pass the candidate as --onnx {args.model_alias}")
     if not 0 <= args.threshold < 100:
         raise SparsefuseError(
             f"--threshold {args.threshold} is not a percentage in [0, 100)", "e.g. --threshold 5"

@@ -418,7 +418,7 @@ def test_a_compile_directory_stands_for_its_lowered_model_and_verify_frames(tmp_
     frame = {"x": {"array": base64.b64encode(buf.getvalue()).decode(), "polygraphy_class": "ndarray"}}
     (out / "verify" / "inputs.json").write_text(json.dumps([frame]))
     rd = tmp_path / "r"
-    args = ["regress", "--model", str(out), "--baseline-onnx", str(out), "--runs", "10", "--warmup", "2",
+    args = ["regress", "--onnx", str(out), "--baseline-onnx", str(out), "--runs", "10", "--warmup", "2",
             "--threshold", "50", "--bootstrap", "200", "--no-plot", "--report-dir", str(rd)]  # fmt: skip
     assert main(args) == 0
     key = json.loads((rd / "regress.json").read_text())["key"]
@@ -426,3 +426,11 @@ def test_a_compile_directory_stands_for_its_lowered_model_and_verify_frames(tmp_
 
     assert key["model_hash"] == source_model_hash(record) and key["target"] == "cpu"
     assert main([*args[:2], str(tmp_path), *args[3:]]) == 2  # a folder that is no compile directory
+
+
+def test_regress_refuses_model_in_one_line(tmp_path, capsys):
+    from sparsefuse.compiler.cli import main
+
+    assert main(["regress", "--model", "x.onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--onnx x.onnx" in err[0] and err[0].startswith("error: ")
