@@ -32,9 +32,14 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         ) from None
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts are shared files
+    shared = 0o666 & ~_umask()  # mkstemp creates 0600; artifacts and checkpoints are shared files
+    os.chmod(tmp, shared)
     try:
         yield tmp
+        # Some writers (safetensors) recreate the file with mkstemp's 0600: share it again. A mode
+        # the caller set on purpose (0755 for scripts) is kept.
+        if tmp.stat().st_mode & 0o777 == 0o600:
+            os.chmod(tmp, shared)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -226,3 +226,15 @@ def test_synthetic_frames_for_a_model_match_the_generator(rig, frames, tmp_path)
     assert len(list(tmp_path.glob("*.npz"))) == 1
     for key in frames[0]:
         assert got[0][key].tobytes() == frames[0][key].tobytes() == again[0][key].tobytes(), key
+
+
+def test_checkpoints_are_shared_files_not_0600(tmp_path):
+    import os
+
+    from sparsefuse.models.presets import build_model
+    from sparsefuse.models.train import save_checkpoint
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = save_checkpoint(build_model("bevfusion-tiny"), tmp_path / "w.safetensors")
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
