@@ -82,11 +82,11 @@ def _verify_section(verify: dict[str, Any] | None) -> str:
             f"Reference: {verify.get('reference', 'the PyTorch model')}. "
             f"Rule: float32 {verify.get('rule', {}).get('float32', '')}; integers exact.\n\n")
     rows = []
-    for frame in verify.get("frames", []):
-        which = frame.get("seed") if "seed" in frame else f"frame {frame.get('frame')}"
+    for index, frame in enumerate(verify.get("frames", [])):
+        which = f"seed {frame.get('seed')}" if "seed" in frame else f"frames[{frame.get('frame')}]"
         sizes = frame.get("dynamic") or {"points": frame.get("num_points")}
         for name, check in frame.get("outputs", {}).items():
-            rows.append((which, ", ".join(f"{k} {v}" for k, v in sizes.items()), name,
+            rows.append((index, which, ", ".join(f"{k} {v}" for k, v in sizes.items()), name,
                          f"{check['max_abs']:.3g}", f"{check['tolerance']:.3g}",
                          "pass" if check["pass"] else "FAIL"))
     command = verify.get("polygraphy", {}).get("command")
@@ -97,7 +97,10 @@ def _verify_section(verify: dict[str, Any] | None) -> str:
         verdict = "pass" if conversion.get("pass") else "FAIL"
         tail += (f"\nConversion alone (the converted PyTorch model against the original): {verdict}; "
                  f"worst max abs error per output: {worst}.\n")
-    return head + _table(("frame", "dynamic sizes", "output", "max abs err", "tolerance", ""), rows) + tail
+    header = ("#", "frame", "dynamic sizes", "output", "max abs err", "tolerance", "")
+    files = ("\n`#` is the index of the frame's files in verify/frames/ (`<#>_inputs.json`, "
+             "`<#>_golden.json`).\n")
+    return head + _table(header, rows) + files + tail
 
 
 def _conversion_section(conversion: dict[str, Any] | None) -> str:
@@ -137,7 +140,16 @@ def _modules_section(profile: dict[str, Any] | None) -> str:
         return ""
     label = profile.get("label", "?")
     rows = [(name, _ms(ms)) for name, ms in modules.items()]
-    return f"## Per module ({label})\n\n" + _table(("module", "ms per inference"), rows)
+    total = sum(v for v in modules.values() if isinstance(v, int | float))
+    median = (profile.get("latency_ms") or {}).get("median")
+    note = ""
+    if label == "measured" and isinstance(median, int | float) and total > median:
+        # ORT's per-node profile times every node with its own timer, in a separate run, and nodes
+        # run on several threads at once: the parts add up to more than the wall-clock whole.
+        note = (f"\nThe modules sum to {_ms(total)} ms, more than the {_ms(median)} ms end-to-end median: "
+                "they are timed per node in a separate profiling run (with its overhead), and nodes "
+                "overlap on parallel threads. Read them as shares, not as a breakdown of the median.\n")
+    return f"## Per module ({label})\n\n" + _table(("module", "ms per inference"), rows) + note
 
 
 def _sparsity_section(plan: dict[str, Any], out: Path) -> str:
