@@ -283,7 +283,15 @@ sparsefuse commit `{fields["git"]["commit"]}`; compile config in `compile.json`.
 Every file is listed with its SHA-256 in `manifest.json`; `manifest.sig` (when present) is an
 ed25519 signature over `manifest.json`. `--run` feeds `golden/inputs_<i>.npz` through the
 available backend and checks `golden/outputs_<i>.npz` within `golden/tolerances.json`
-(DESIGN.md §7: float32 max|a-b| <= 1e-4*max|ref| + 1e-5, float16 1e-2 / 1e-3, integers exact).
+(float32 max|a-b| <= 1e-4*max|ref| + 1e-5, float16 1e-2 / 1e-3, integers exact).
+
+The bundle is checked against its own files only: every path in `manifest.json` must be a file
+listed there, inside the bundle (no absolute path, `..` or symbolic link). A signed bundle fails
+`verify` unless `--public-key` checks its signature (or `--allow-unverified-signature` accepts it
+unchecked). Only a signed bundle, checked with `--public-key`, protects the golden data: anyone can
+edit the golden inputs, outputs and tolerances of an unsigned bundle and rewrite the hashes in
+`manifest.json`, and it still verifies. Exit codes: 0 pass, 1 the bundle fails a check, 2 it is
+not a readable bundle.
 
 ## 2. Build the plugins and the engine (on the target)
     cmake -S native -B native/build -DCMAKE_CUDA_ARCHITECTURES={info["sm"] or "native"}

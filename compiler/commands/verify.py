@@ -1,7 +1,11 @@
 """``sparsefuse verify BUNDLE``: integrity, signature, runtime compatibility, golden run.
 
-Exit 0 when every check passes, 1 when the bundle fails one (tampered, unsafe archive, bad
-signature, outputs out of tolerance), 2 on usage errors.
+Exit 0 when every check passes; 1 when the bundle fails one (tampered, a path or archive member
+leaving the bundle, signature missing, bad or unchecked, incompatible, golden outputs out of
+tolerance or not fitting the model); 2 when the input cannot be read as a bundle (missing,
+truncated or not an archive, malformed manifest or golden data) and on usage errors. Every
+failure is one ``error: ... (hint: ...)`` line on stderr. A bundle is verified against its own
+files only: every path the manifest names must be a listed file strictly inside the bundle.
 """
 
 from __future__ import annotations
@@ -11,16 +15,30 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+SIGNATURE_POLICY = (
+    "A signed bundle (with manifest.sig) fails unless --public-key checks its signature or "
+    "--allow-unverified-signature accepts it unchecked. Only a signed bundle, checked with "
+    "--public-key, protects the golden inputs, outputs and tolerances: anyone can edit those of "
+    "an unsigned bundle and rewrite its manifest hashes."
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "verify",
         help="check a hand-off bundle: integrity, signature, compatibility, golden outputs (--run)",
-        description="Verify a bundle directory or .tar.gz made by `sparsefuse handoff`.",
+        description="Verify a bundle directory or .tar.gz made by `sparsefuse handoff`. "
+        "Every path in its manifest must be a listed file inside the bundle. " + SIGNATURE_POLICY + " "
+        "Exit 0: pass; 1: the bundle fails a check; 2: not a readable bundle, or a usage error.",
     )
     p.add_argument("bundle", type=Path, help="bundle directory or .tar.gz")
     p.add_argument(
         "--public-key", type=Path, default=None, help="ed25519 public key (PEM) to check manifest.sig"
+    )
+    p.add_argument(
+        "--allow-unverified-signature",
+        action="store_true",
+        help="accept a signed bundle without checking its signature (integrity only)",
     )
     p.add_argument(
         "--run",
@@ -30,13 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def compatibility(root: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+def compatibility(model: Any, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(notes, problems) about this machine's runtimes versus the bundle's model and target."""
     import onnx
     import onnxruntime as ort
 
     notes, problems = [], []
-    model = onnx.load(str(root / manifest["model"]), load_external_data=False)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     max_opset = onnx.defs.onnx_opset_version()
     if opsets.get("ai.onnx", 0) > max_opset:
@@ -50,17 +67,17 @@ def compatibility(root: Path, manifest: dict[str, Any]) -> tuple[list[str], list
             f"custom ops {', '.join(unbound)} bind to the sparsefuse TensorRT plugins; the CPU check "
             "attaches their ONNX function bodies"
         )
-    info = manifest.get("target_info", {})
-    if info.get("backend") == "tensorrt":
+    info = manifest["target_info"]
+    if info["backend"] == "tensorrt":
         trt = _tensorrt_version()
-        want = str(info.get("tensorrt") or "")
+        want = str(info["tensorrt"] or "")
         if trt is None:
             notes.append(
                 f"TensorRT not found here: build the engine on the target (TensorRT {want}) with "
-                f"{manifest.get('engine_dir', 'engine')}/build_engine.sh"
+                f"{manifest['engine_dir']}/build_engine.sh"
             )
         elif trt.split(".")[:2] != want.split(".")[:2]:
-            problems.append(f"TensorRT {trt} here, the target {manifest.get('target')} expects {want}")
+            problems.append(f"TensorRT {trt} here, the target {manifest['target']} expects {want}")
         else:
             notes.append(f"TensorRT {trt} matches the target's {want}")
     return notes, problems
@@ -77,82 +94,155 @@ def _tensorrt_version() -> str | None:
     return None
 
 
-def _session(root: Path, rel: str, optimized: bool) -> Any:
+def _ort_errors() -> tuple[type[Exception], ...]:
+    """ONNX Runtime's exception classes (Fail, InvalidArgument, ...): a bundle's model failing."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _session(model: Any, rel: str, optimized: bool) -> Any:
+    """An ORT CPU session from the model's bytes: ORT never opens a path of the bundle's choosing."""
     import onnxruntime as ort
 
-    from sparsefuse.compiler.regress.measure import load_cpu_model
+    from sparsefuse.compiler.bundle import BundleError
+    from sparsefuse.compiler.regress.measure import with_cpu_functions
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if optimized:  # ORT's saved optimized model: optimizing it again is not what ships
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    model = load_cpu_model(root / rel)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    model = with_cpu_functions(model, rel)
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except _ort_errors() as exc:
+        raise BundleError(
+            f"ONNX Runtime cannot load {rel}: {_first_line(exc)}", "the model is damaged"
+        ) from None
 
 
-def golden_run(root: Path, manifest: dict[str, Any]) -> list[str]:
-    """Run every golden frame through ORT CPU: the lowered model, and for ONNX Runtime targets
-    also the backend's optimized model that ships. Returns failure lines (empty: all pass)."""
-    import numpy as np
+def _golden_frames(root: Path, manifest: dict[str, Any]) -> list[tuple[dict, dict]]:
+    """Every golden frame, read (bounded, no pickle) before any model runs."""
+    from sparsefuse.compiler import bundle_checks as checks
 
-    from sparsefuse.compiler.regress.accuracy import check_outputs, tolerance_from_json
-    from sparsefuse.compiler.regress.samples import read_json
+    return [
+        tuple(
+            checks.read_npz(root / f"golden/{kind}_{i}.npz", f"golden/{kind}_{i}.npz")
+            for kind in ("inputs", "outputs")
+        )
+        for i in range(manifest["golden_frames"])
+    ]
 
-    models = [(manifest["model"], False)]
-    if manifest.get("target_info", {}).get("backend") == "onnxruntime":
-        models += [(f, True) for f in manifest.get("engine_files", []) if f.endswith(".onnx")]
-    tol_doc = read_json(root / "golden" / "tolerances.json", "tolerances")
-    tolerances = {k: tolerance_from_json(v) for k, v in tol_doc.get("fp32", {}).items()}
-    failures, frames = [], int(manifest.get("golden_frames", 0))
-    if frames < 1:
-        return ["bundle lists no golden frames"]
-    for rel, optimized in models:
-        session = _session(root, rel, optimized)
-        names = [o.name for o in session.get_outputs()]
-        for i in range(frames):
-            with np.load(root / "golden" / f"inputs_{i}.npz") as data:
-                feeds = {k: data[k] for k in data.files}
-            with np.load(root / "golden" / f"outputs_{i}.npz") as data:
-                golden = {k: data[k] for k in data.files}
+
+def _run_frames(session: Any, rel: str, frames: list[tuple[dict, dict]], tolerances: dict) -> list[str]:
+    from sparsefuse.compiler import bundle_checks as checks
+    from sparsefuse.compiler.bundle import BundleError
+    from sparsefuse.compiler.regress.accuracy import check_outputs
+
+    names = [o.name for o in session.get_outputs()]
+    failures = []
+    for i, (feeds, golden) in enumerate(frames):
+        checks.check_feeds(feeds, session.get_inputs(), f"golden/inputs_{i}.npz")
+        checks.check_golden_outputs(golden, names, f"golden/outputs_{i}.npz")
+        try:
             got = dict(zip(names, session.run(None, feeds), strict=True))
-            for check in check_outputs(got, golden, tolerances):
-                status = "ok" if check.passed else "FAIL"
-                print(
-                    f"  {rel} frame {i} {check.name}: max abs err {check.max_abs_err:.3g} "
-                    f"<= {check.allowed:.3g} {status}"
+        except _ort_errors() as exc:
+            raise BundleError(
+                f"{rel} fails on golden frame {i}: {_first_line(exc)}",
+                "the golden data does not fit the model",
+            ) from None
+        for check in check_outputs(got, golden, tolerances):
+            status = "ok" if check.passed else "FAIL"
+            print(
+                f"  {rel} frame {i} {check.name}: max abs err {check.max_abs_err:.3g} "
+                f"<= {check.allowed:.3g} {status}"
+            )
+            if not check.passed:
+                failures.append(
+                    f"{rel} frame {i} output {check.name}: {check.message} "
+                    f"(max abs err {check.max_abs_err:.3g}, allowed {check.allowed:.3g})"
                 )
-                if not check.passed:
-                    failures.append(
-                        f"{rel} frame {i} output {check.name}: {check.message} "
-                        f"(max abs err {check.max_abs_err:.3g}, allowed {check.allowed:.3g})"
-                    )
     return failures
 
 
-def verify_bundle(path: Path, public_key: Path | None, run_golden: bool) -> int:
+def golden_run(root: Path, manifest: dict[str, Any], model: Any) -> list[str]:
+    """Run every golden frame through ORT CPU: the lowered model, and for ONNX Runtime targets
+    also the backend's optimized model that ships. Returns failure lines (empty: all pass)."""
+    from sparsefuse.compiler import bundle_checks as checks
+    from sparsefuse.compiler.regress.accuracy import tolerance_from_json
+
+    tolerances = {
+        k: tolerance_from_json(v) for k, v in checks.read_tolerances(root / "golden/tolerances.json").items()
+    }
+    frames = _golden_frames(root, manifest)
+    models = [(manifest["model"], model, False)]
+    if manifest["target_info"]["backend"] == "onnxruntime":
+        models += [
+            (rel, checks.load_model(root / rel, rel), True)
+            for rel in manifest["engine_files"]
+            if rel.endswith(".onnx")
+        ]
+    failures = []
+    for rel, proto, optimized in models:
+        failures += _run_frames(_session(proto, rel, optimized), rel, frames, tolerances)
+    return failures
+
+
+def _bundle_root(path: Path, tmp: Path) -> Path:
     from sparsefuse.compiler import bundle
     from sparsefuse.errors import SparsefuseError
 
+    if path.is_dir():
+        return path.resolve()
+    if path.is_file():
+        return bundle.safe_extract(path, tmp / "bundle").resolve()
+    raise SparsefuseError(f"bundle {path} does not exist", "pass a bundle directory or .tar.gz")
+
+
+def _signature(root: Path, public_key: Path | None, allow_unverified: bool) -> str:
+    """The signature line to print, once the policy is met (else BundleError)."""
+    from sparsefuse.compiler import bundle
+
+    if public_key is not None:
+        bundle.check_signature(root, public_key)
+        return f"signature: ok ({public_key})"
+    if not (root / bundle.SIGNATURE).exists():
+        return "signature: none (unsigned bundle)"
+    if not allow_unverified:
+        raise bundle.BundleError(
+            f"the bundle is signed ({bundle.SIGNATURE}) but no --public-key was given to check it",
+            "pass --public-key SIGNER.pub, or --allow-unverified-signature to accept it unchecked",
+        )
+    return "signature: present, NOT checked (--allow-unverified-signature)"
+
+
+def verify_bundle(
+    path: Path, public_key: Path | None, run_golden: bool, allow_unverified: bool = False
+) -> int:
+    """Cheap checks first: manifest fields and paths, signature, then hashes, then the models."""
+    from sparsefuse.compiler import bundle
+    from sparsefuse.compiler import bundle_checks as checks
+
     with tempfile.TemporaryDirectory(prefix="sparsefuse-verify-") as tmp:
-        if path.is_dir():
-            root = path
-        elif path.is_file():
-            root = bundle.safe_extract(path, Path(tmp) / "bundle")
-        else:
-            raise SparsefuseError(f"bundle {path} does not exist", "pass a bundle directory or .tar.gz")
-        manifest = bundle.check_integrity(root)
-        print(f"integrity: ok ({len(manifest['files'])} files, target {manifest.get('target')})")
-        if public_key is not None:
-            bundle.check_signature(root, public_key)
-            print(f"signature: ok ({public_key})")
-        elif (root / bundle.SIGNATURE).is_file():
-            print("signature: present, not checked (pass --public-key)")
-        notes, problems = compatibility(root, manifest)
+        root = _bundle_root(path, Path(tmp))
+        manifest = bundle.read_manifest(root)
+        checks.check_fields(manifest)
+        signature = _signature(root, public_key, allow_unverified)
+        checks.check_paths(root, manifest)
+        bundle.check_integrity(root, manifest)
+        print(f"integrity: ok ({len(manifest['files'])} files, target {manifest['target']})")
+        print(signature)
+        model = checks.load_model(root / manifest["model"], manifest["model"])
+        notes, problems = compatibility(model, manifest)
         for line in notes:
             print(f"compatibility: {line}")
         failures = [f"incompatible: {p}" for p in problems]
         if run_golden:
-            failures += golden_run(root, manifest)
+            failures += golden_run(root, manifest, model)
     if failures:
         raise bundle.BundleError("; ".join(failures), "see the lines above")
     print("verify: PASS" + ("" if run_golden else " (golden outputs not run; add --run)"))
@@ -165,8 +255,8 @@ def run(args: argparse.Namespace) -> int:
     from sparsefuse.compiler.bundle import BundleError
 
     try:
-        return verify_bundle(args.bundle, args.public_key, args.run)
+        return verify_bundle(args.bundle, args.public_key, args.run, args.allow_unverified_signature)
     except BundleError as err:
+        print("verify: FAIL")
         print(err.one_line(), file=sys.stderr)
-        print("verify: FAIL", file=sys.stderr)
         return 1

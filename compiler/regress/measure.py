@@ -106,12 +106,17 @@ def load_cpu_model(path: str | Path) -> onnx.ModelProto:
         raise SparsefuseError(f"ONNX file {path} does not exist", "check the path") from None
     except Exception as exc:  # onnx raises DecodeError and friends
         raise SparsefuseError(f"cannot read ONNX file {path}: {exc}", "regenerate it") from None
+    return with_cpu_functions(model, path)
+
+
+def with_cpu_functions(model: onnx.ModelProto, where: str | Path) -> onnx.ModelProto:
+    """``model`` with FunctionProto bodies for its custom sparsefuse nodes, so ORT CPU runs them."""
     if _has_unresolved_custom_ops(model):
         try:
             from sparsefuse.plugins.onnx_ops import attach_functions
         except ImportError:
             raise SparsefuseError(
-                f"{path} has custom sparsefuse nodes and sparsefuse.plugins.onnx_ops is unavailable",
+                f"{where} has custom sparsefuse nodes and sparsefuse.plugins.onnx_ops is unavailable",
                 "run on a backend with the sparsefuse plugins, or update sparsefuse",
             ) from None
         model = attach_functions(model)
