@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from sparsefuse.atomic import write_json
 from sparsefuse.compiler.provenance import hash_outputs, outputs_intact, stage_key
+from sparsefuse.errors import SparsefuseError
 
 CACHE_DIR = ".cache"
 
@@ -78,17 +79,21 @@ class StageRunner:
     def run(self, name: str, inputs: Mapping[str, str], config: Mapping[str, Any],
             outputs: Sequence[str], fn: StageFn) -> StageRecord:
         """Run stage ``name`` unless cached. ``inputs``: {label: sha256}; ``outputs``: relpaths."""
+        for rel in outputs:  # cheap, and before any work: a stage writes only inside OUT
+            inside_out(self.out, rel)
         key = stage_key(name, inputs, config, self.versions)
         self.progress.stage_started(name)
         start = time.perf_counter()
         record = self._cached(name, key, outputs, start)
         if record is None:
+            before = present_paths(self.out, outputs)
             try:
                 details = dict(fn() or {})
             except BaseException:
                 # Ctrl-C or a failure mid-stage: what this stage already wrote (complete files, but
-                # an incomplete set) and its stale outputs from an earlier compile both go.
-                remove_outputs(self.out, [*outputs, f"{CACHE_DIR}/{name}.json"])
+                # an incomplete set) and its stale outputs from an earlier compile both go; nothing
+                # else does (a user's own files in OUT stay).
+                self._discard(name, outputs, before)
                 raise
             wall_s = time.perf_counter() - start
             record = StageRecord(name, key, hash_outputs(self.out, outputs), wall_s, False, details)
@@ -100,6 +105,34 @@ class StageRunner:
     def _cache_path(self, name: str) -> Path:
         return self.out / CACHE_DIR / f"{name}.json"
 
+    def _recorded(self, name: str) -> list[str]:
+        """The output files the stage's saved record lists (none when there is no readable record)."""
+        try:
+            saved = json.loads(self._cache_path(name).read_text())
+        except (OSError, ValueError):
+            return []
+        hashes = saved.get("outputs") if isinstance(saved, dict) else None
+        return [rel for rel in hashes if isinstance(rel, str)] if isinstance(hashes, dict) else []
+
+    def _discard(self, name: str, outputs: Sequence[str], before: set[str]) -> None:
+        """Delete what a failed stage wrote: files it created now, and the files under its declared
+        outputs that its saved record lists. Never raises: the stage's own error is the one to see."""
+        recorded = [rel for rel in self._recorded(name) if _under(rel, outputs)]
+        now = present_paths(self.out, outputs)
+        created = sorted(now - before)
+        doomed = [rel for rel in (*recorded, *created) if rel in now]
+        for rel in [*doomed, f"{CACHE_DIR}/{name}.json"]:
+            with contextlib.suppress(SparsefuseError):  # a refused path is skipped, the rest still go
+                remove_outputs(self.out, [rel])
+        # Folders this run or an earlier compile made for the outputs, once empty; a folder that was
+        # there before and holds nothing we recorded is not ours to remove.
+        ours = {parent for rel in (*recorded, *created) for parent in _parents(rel)} & now
+        for rel in sorted((now - before) | ours, key=lambda r: r.count("/"), reverse=True):
+            path = self.out / rel
+            if _under(rel, outputs) and path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only an empty folder goes
+
     def _cached(self, name: str, key: str, outputs: Sequence[str], start: float) -> StageRecord | None:
         """The saved record when it still holds; its wall_s is this check's time (s)."""
         try:
@@ -107,21 +140,59 @@ class StageRunner:
         except (OSError, ValueError):
             return None
         hashes = saved.get("outputs", {})
-        covers = all(any(rel == o or rel.startswith(o.rstrip("/") + "/") for rel in hashes) for o in outputs)
+        covers = all(any(_under(rel, [o]) for rel in hashes) for o in outputs)
         if saved.get("key") != key or not covers or not outputs_intact(self.out, hashes):
             return None
         return StageRecord(name, key, hashes, time.perf_counter() - start, True, saved.get("details", {}))
 
 
-def remove_outputs(out: Path, relpaths: Sequence[str]) -> None:
-    """Delete files or directories under ``out`` (missing ones are fine)."""
+def inside_out(out: Path, rel: str) -> Path:
+    """``out / rel`` with symlinks resolved, when that lies strictly inside OUT (OUT itself does not);
+    otherwise SparsefuseError: nothing outside OUT is ever written or deleted."""
+    root = out.resolve()
+    path = (out / rel).resolve()
+    if path == root or root not in path.parents:
+        raise SparsefuseError(
+            f"refusing to touch {rel!r}: it resolves to {path}, which is not inside {root}",
+            "artifact paths stay inside --out; remove symlinks in --out that point elsewhere",
+        )
+    return path
+
+
+def present_paths(out: Path, relpaths: Sequence[str]) -> set[str]:
+    """OUT-relative paths (files, links and folders) that exist at or under ``relpaths``."""
+    found: set[str] = set()
     for rel in relpaths:
         path = out / rel
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+        if path.is_symlink() or path.exists():
+            found.add(Path(rel).as_posix())
+        if path.is_dir() and not path.is_symlink():
+            found.update(p.relative_to(out).as_posix() for p in path.rglob("*"))
+    return found
+
+
+def remove_outputs(out: Path, relpaths: Sequence[str]) -> None:
+    """Delete the files (or links) ``relpaths`` under ``out``; missing ones and folders are skipped.
+    Every path is checked first (:func:`inside_out`), so a refused one deletes nothing."""
+    checked = [(rel, inside_out(out, rel)) for rel in relpaths]
+    for rel, resolved in checked:
+        path = out / rel
+        # A link inside OUT goes itself (its target may be anything); else the resolved file.
+        victim = path if path.is_symlink() else resolved
+        if victim.is_symlink() or victim.is_file():
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                victim.unlink()
+
+
+def _under(rel: str, outputs: Sequence[str]) -> bool:
+    """True when ``rel`` is one of ``outputs`` or lies under one of them."""
+    return any(rel == o or rel.startswith(o.rstrip("/") + "/") for o in outputs)
+
+
+def _parents(rel: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 @contextlib.contextmanager

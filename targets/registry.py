@@ -11,6 +11,8 @@ GB/s, ``memory_gb`` in GB, ``tdp_w`` and power-mode budgets in W.
 from __future__ import annotations
 
 import functools
+import math
+import re
 
 try:
     import tomllib
@@ -21,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from sparsefuse.errors import SparsefuseError
-from sparsefuse.layout import target_slug
+from sparsefuse.layout import TAG_FORM, tag_problem, target_slug
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "registry"
 BACKENDS = ("onnxruntime", "tensorrt")
 KINDS = ("cpu", "desktop", "jetson")
+VERSION_FIELDS = ("tensorrt", "jetpack", "cuda")
+# A version is dotted numbers only ("10.3", "11.1.0"): it is printed into generated shell scripts.
+_VERSION = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6}){0,3}")
 # Fields that are numbers measured or quoted from somewhere: each needs an entry in [sources].
 SOURCED_FIELDS = (
     "sm",
@@ -172,9 +177,14 @@ def target_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Target:
                 f"has type {type(value).__name__}",
                 f"expected {' or '.join(t.__name__ for t in types)}",
             )
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            raise _fail(where, key, f"is not a finite number ({value})", "write a plain number, e.g. 20.0")
         if isinstance(value, (int, float)) and value < 0:
             raise _fail(where, key, f"is negative ({value})", "rates, sizes and counts are >= 0")
         values[key] = float(value) if float in types else value
+    problem = tag_problem(values["tag"])
+    if problem is not None:
+        raise _fail(where, "tag", problem, f"a tag is {TAG_FORM}")
     if values["kind"] not in KINDS:
         raise _fail(where, "kind", f"is '{values['kind']}'", f"allowed: {', '.join(KINDS)}")
     if values["backend"] not in BACKENDS:
@@ -184,9 +194,11 @@ def target_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Target:
         raise _fail(
             where, missing, "is missing", "a TensorRT target needs its SM arch (e.g. 87) and TRT version"
         )
-    for key in ("tensorrt", "jetpack", "cuda"):
-        if key in values and not _version_tuple(values[key]):
-            raise _fail(where, key, f"is '{values[key]}'", 'write a dotted version such as "10.3"')
+    for key in VERSION_FIELDS:
+        if key in values and _VERSION.fullmatch(values[key]) is None:
+            raise _fail(
+                where, key, f"is {values[key]!r}, not a version", 'write a version such as "10.3" or "11.1.0"'
+            )
     if values.get("fp16_sparse_tflops", 0.0) and values.get("fp16_sparse_tflops", 0.0) < values.get(
         "fp16_dense_tflops", 0.0
     ):
@@ -216,8 +228,10 @@ def _power_modes(raw: Any, where: str) -> tuple[PowerMode, ...]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _fail(where, f"power_modes[{i}].name", "is missing", "each power mode needs a name")
         budget = item.get("budget_w")
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
-            raise _fail(where, f"power_modes[{i}].budget_w", "must be a positive number", "watts, e.g. 30")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < math.inf:
+            raise _fail(
+                where, f"power_modes[{i}].budget_w", "must be a positive finite number", "watts, e.g. 30"
+            )
         mode_id = item.get("nvpmodel_id")
         if mode_id is not None and (isinstance(mode_id, bool) or not isinstance(mode_id, int)):
             raise _fail(where, f"power_modes[{i}].nvpmodel_id", "must be an integer", "see `nvpmodel -q`")
