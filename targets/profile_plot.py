@@ -37,6 +37,8 @@ def plot_profile(profile: Profile, out_png: str | os.PathLike[str]) -> None:
     names = list(modules)
     bars = ax_bar.barh(names, [modules[n] for n in names], color="#dd8452")
     ax_bar.bar_label(bars, labels=[f"{modules[n]:.3g}" for n in names], fontsize=8, padding=2)
+    if names:  # room right of the longest bar for its label (it was clipped at the axes' edge)
+        ax_bar.set_xlim(0, max(max(modules.values()), 1e-9) * 1.2)
     ax_bar.invert_yaxis()
     ax_bar.set_xlabel("time per inference [ms]")
     ax_bar.set_title(f"{label}: per module")

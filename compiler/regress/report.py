@@ -162,8 +162,10 @@ def distribution_png(baseline: LatencySamples, candidate: LatencySamples, verdic
         colors = ["tab:red" if m.regressed else "tab:gray" for m in mods]
         ax_mod.barh(y, ratios - 1.0, xerr=err, color=colors, left=1.0)
         ax_mod.set_yticks(y, [m.name for m in mods])
-        ax_mod.axvline(1.0 + verdict.config.threshold, color="tab:red", ls="--", lw=1)
-    ax_mod.axvline(1.0, color="black", lw=1)
+        ax_mod.axvline(1.0 + verdict.config.threshold, color="tab:red", ls="--", lw=1,
+                       label=f"threshold +{100 * verdict.config.threshold:g}%")
+    ax_mod.axvline(1.0, color="black", lw=1, label="no change")
+    ax_mod.legend(fontsize=8, loc="lower right")
     ax_mod.set_xlabel("median ratio candidate/baseline (CI)")
     total = verdict.total.ci
     if total is not None:

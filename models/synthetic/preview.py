@@ -76,6 +76,7 @@ def write_preview(
     for cam in rig.cameras:
         t = cam.T_cam_to_ego
         ax.arrow(t[0, 3], t[1, 3], 4 * t[0, 2], 4 * t[1, 2], color="k", width=0.15)
+    ax.legend(handles=_bev_legend(pred_boxes is not None), loc="upper right", fontsize=7, framealpha=0.85)
     ax.set_xlim(grid.xmin, grid.xmax)
     ax.set_ylim(grid.ymin, grid.ymax)
     ax.set_xlabel("x forward (m)")
@@ -98,3 +99,24 @@ def write_preview(
     written.append(_save(fig, out / "labels.png"))
     plt.close(fig)
     return written
+
+
+def _bev_legend(with_predictions: bool) -> list:
+    """What the BEV preview draws: drivable area, ground and object returns (coloured by height),
+    ground-truth boxes per class (solid), predictions (dashed), camera axes."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color="0.55", alpha=0.8, label="drivable area (seg mask)"),
+        Line2D([], [], ls="", marker=".", color="0.45", label="ground returns"),
+        Line2D([], [], ls="", marker="o", markersize=4, color="orange",
+               label="object returns (colour: height)"),
+    ]
+    handles += [Line2D([], [], color=CLASS_COLOURS[k], label=f"{name} box")
+                for k, name in enumerate(CLASS_NAMES)]
+    if with_predictions:
+        handles.append(Line2D([], [], color="k", ls="--", label="predicted box"))
+    handles.append(Line2D([], [], color="k", marker=">", label="camera axis"))
+    return handles
+
