@@ -112,8 +112,9 @@ class RichProgress:
 
     def summary(self, result: Any) -> None:
         verdict = "[green]verified[/]" if result.verify_passed else "[red]verify FAILED[/] (see verify.json)"
+        # soft_wrap: the terminal may wrap the line, but rich must not break it inside a path.
         self.console.print(f"{verdict}: artifacts in {result.out} ({result.wall_s:.1f} s); "
-                           f"summary in {result.out / 'report.md'}")
+                           f"summary in {result.out / 'report.md'}", soft_wrap=True)
         if not result.verify_passed:
             verify = [r for r in result.stages if r.name == "verify"]
             command = verify[0].details.get("polygraphy_command") if verify else None
