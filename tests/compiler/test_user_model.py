@@ -305,3 +305,21 @@ def test_the_specs_evaluate_callback_reports_task_metrics_for_reference_and_onnx
     expected = np.mean([abs(score - 0.5) for score in scores])
     assert metrics["abs_err"]["reference"] == pytest.approx(expected, rel=1e-5)
     assert abs(metrics["abs_err"]["delta"]) < 1e-5
+
+
+def test_a_factory_can_be_named_by_module(user_dir, monkeypatch, capsys):
+    package = user_dir / "myteam_models"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "detector.py").write_text(MODEL_FILE)
+    monkeypatch.syspath_prepend(str(user_dir))
+    out = user_dir / "out_module"
+    assert main(["compile", "--model", "myteam_models.detector:build", "--frames", str(user_dir / "frames"),
+                 "--target", "cpu", "--out", str(out), "--verify-frames", "1"]) == 0
+    record = json.loads((out / "compile.json").read_text())
+    assert record["config"]["model"] == "myteam_models.detector:build"
+    assert len(record["inputs"]["model"]) == 64  # the module's code is hashed like a file's
+    capsys.readouterr()
+    assert main(["compile", "--model", "myteam_models.nothere:build", "--frames", str(user_dir / "frames"),
+                 "--target", "cpu", "--out", str(user_dir / "o2")]) == 2
+    assert "cannot import myteam_models.nothere" in _one_line(capsys)
