@@ -6,7 +6,8 @@ small JSON-able ``details`` dict. Its cache key is hash(input hashes + config + 
 saved in OUT/.cache/<stage>.json; on recompile a stage whose key is unchanged and whose
 outputs are intact is skipped. Cache records are bookkeeping, not artifacts: a record whose
 outputs were changed or deleted is simply ignored. A stage interrupted or failing midway leaves
-none of its outputs behind.
+none of its outputs behind: it deletes the files it created and those its saved record lists, and
+nothing else (a user's own files in OUT stay). No path outside OUT is ever written or deleted.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class StageRunner:
     def run(self, name: str, inputs: Mapping[str, str], config: Mapping[str, Any],
             outputs: Sequence[str], fn: StageFn) -> StageRecord:
         """Run stage ``name`` unless cached. ``inputs``: {label: sha256}; ``outputs``: relpaths."""
-        for rel in outputs:  # cheap, and before any work: a stage writes only inside OUT
+        for rel in [*outputs, f"{CACHE_DIR}/{name}.json"]:  # cheap, before any work: writes stay in OUT
             inside_out(self.out, rel)
         key = stage_key(name, inputs, config, self.versions)
         self.progress.stage_started(name)

@@ -4,11 +4,15 @@ Written where TensorRT is absent (always on the CPU dev machine) so the engine c
 profiled on the target itself. Flag names follow TensorRT 10 trtexec (samples/common/
 sampleOptions.cpp help text); for TensorRT 8.x targets the plugin flag is --plugins and
 --builderOptimizationLevel is left out (it arrived in 8.6).
+
+Every value a script carries (paths, input names, tag, versions) is quoted with ``shlex.quote``;
+only the scripts' own variables ($HERE, $ONNX, $PLUGIN_LIB, $TRTEXEC) expand when they run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,21 @@ PROFILE_SCRIPT = "profile_engine.sh"
 TRTEXEC_PROFILE = "profile_trtexec.json"
 TRTEXEC_TIMES = "times_trtexec.json"
 RUNTIME_LAYERS = "layers_runtime.json"
+
+
+@dataclass(frozen=True)
+class Var:
+    """A shell variable the script itself sets (ONNX, PLUGIN_LIB, HERE): expanded when it runs."""
+
+    name: str
+
+
+# One trtexec argument: literal text (always shell-quoted, never evaluated) and script variables.
+Arg = tuple[str | Var, ...]
+ONNX, PLUGIN_LIB, HERE = Var("ONNX"), Var("PLUGIN_LIB"), Var("HERE")
+# Characters that are literal inside "${ENV:-...}" too (shlex.quote leaves them unquoted).
+_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]*")
+_NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
 
 
 @dataclass(frozen=True)
@@ -40,73 +59,98 @@ def shapes_flag(flag: str, ranges: tuple[ShapeRange, ...], pick: str) -> str:
     return f"--{flag}=" + ",".join(f"{r.name}:{_dims(getattr(r, pick))}" for r in ranges)
 
 
-def plugin_flag(plan: TrtBuildPlan, library: str) -> str:
-    """--dynamicPlugins / --staticPlugins on TensorRT 10; --plugins before (deprecated in 10)."""
+def plugin_flag(plan: TrtBuildPlan) -> str:
+    """--dynamicPlugins= / --staticPlugins= on TensorRT 10; --plugins= before (deprecated in 10)."""
     major = int(plan.tensorrt_version.split(".")[0]) if plan.tensorrt_version else 10
     if major < 10:
-        return f"--plugins={library}"
-    return f"--{plan.plugin_loading}Plugins={library}"
+        return "--plugins="
+    return f"--{plan.plugin_loading}Plugins="
 
 
-def build_argv(
-    plan: TrtBuildPlan, onnx: str = "$ONNX", plugin_lib: str = "$PLUGIN_LIB", here: str = "$HERE"
-) -> list[str]:
-    """trtexec arguments that build the engine described by ``plan`` (shell variables unexpanded)."""
-    argv = ["--onnx=" + onnx]
+def _build_args(plan: TrtBuildPlan) -> list[Arg]:
+    """trtexec arguments that build the engine described by ``plan``."""
+    args: list[Arg] = [("--onnx=", ONNX)]
     if plan.plugin_library:
-        argv.append(plugin_flag(plan, plugin_lib))
-    if plan.fp16:
-        argv.append("--fp16")
-    if plan.int8:
-        argv.append("--int8")
-    if plan.sparse_weights:
-        argv.append("--sparsity=enable")
+        args.append((plugin_flag(plan), PLUGIN_LIB))
+    flags = [("--fp16", plan.fp16), ("--int8", plan.int8), ("--sparsity=enable", plan.sparse_weights)]
+    args += [(flag,) for flag, on in flags if on]
     if plan.profiles:
-        argv += [
-            shapes_flag(f, plan.profiles, p)
+        args += [
+            (shapes_flag(f, plan.profiles, p),)
             for f, p in (("minShapes", "min"), ("optShapes", "opt"), ("maxShapes", "max"))
         ]
     if plan.timing_cache:
-        argv.append(f"--timingCacheFile={here}/timing.cache")
+        args.append(("--timingCacheFile=", HERE, "/timing.cache"))
     if plan.dla_core is not None:
-        argv.append(f"--useDLACore={plan.dla_core}")
+        args.append((f"--useDLACore={plan.dla_core}",))
         if plan.gpu_fallback:
-            argv.append("--allowGPUFallback")
+            args.append(("--allowGPUFallback",))
     if plan.workspace_mib:
-        argv.append(f"--memPoolSize=workspace:{plan.workspace_mib}")  # bare number = MiB
+        args.append((f"--memPoolSize=workspace:{plan.workspace_mib}",))  # bare number = MiB
     if plan.builder_optimization_level is not None:
-        argv.append(f"--builderOptimizationLevel={plan.builder_optimization_level}")
-    argv += [
-        "--profilingVerbosity=detailed",
-        f"--saveEngine={here}/model.plan",
-        f"--exportLayerInfo={here}/layers.json",
-        "--skipInference",
+        args.append((f"--builderOptimizationLevel={plan.builder_optimization_level}",))
+    return args + [
+        ("--profilingVerbosity=detailed",),
+        ("--saveEngine=", HERE, "/model.plan"),
+        ("--exportLayerInfo=", HERE, "/layers.json"),
+        ("--skipInference",),
     ]
-    return argv
 
 
-def profile_argv(plan: TrtBuildPlan, plugin_lib: str = "$PLUGIN_LIB", here: str = "$HERE") -> list[str]:
+def _profile_args(plan: TrtBuildPlan) -> list[Arg]:
     """trtexec arguments that time the saved engine at the profile's opt shapes."""
-    argv = [f"--loadEngine={here}/model.plan"]
+    args: list[Arg] = [("--loadEngine=", HERE, "/model.plan")]
     if plan.plugin_library:
-        argv.append(plugin_flag(plan, plugin_lib))
+        args.append((plugin_flag(plan), PLUGIN_LIB))
     if plan.profiles:
-        argv.append(shapes_flag("shapes", plan.profiles, "opt"))
+        args.append((shapes_flag("shapes", plan.profiles, "opt"),))
     if plan.dla_core is not None:
-        argv.append(f"--useDLACore={plan.dla_core}")
-    argv += [
-        f"--warmUp={plan.profile_warmup_ms}",
-        f"--duration={plan.profile_duration_s}",
-        "--useCudaGraph",
-        "--noDataTransfers",
-        "--useSpinWait",
-        "--separateProfileRun",
-        "--dumpProfile",
-        f"--exportProfile={here}/{TRTEXEC_PROFILE}",
-        f"--exportTimes={here}/{TRTEXEC_TIMES}",
-        f"--exportLayerInfo={here}/{RUNTIME_LAYERS}",
+        args.append((f"--useDLACore={plan.dla_core}",))
+    return args + [
+        (f"--warmUp={plan.profile_warmup_ms}",),
+        (f"--duration={plan.profile_duration_s}",),
+        *[(flag,) for flag in ("--useCudaGraph", "--noDataTransfers", "--useSpinWait",
+                                "--separateProfileRun", "--dumpProfile")],
+        ("--exportProfile=", HERE, f"/{TRTEXEC_PROFILE}"),
+        ("--exportTimes=", HERE, f"/{TRTEXEC_TIMES}"),
+        ("--exportLayerInfo=", HERE, f"/{RUNTIME_LAYERS}"),
     ]
-    return argv
+
+
+def _plain(arg: Arg) -> str:
+    """The argument as text with ``$VAR`` placeholders (what Recipes records)."""
+    text = ""
+    for part, after in zip(arg, [*arg[1:], ""], strict=True):
+        if isinstance(part, Var):
+            # ${VAR} where a name character follows, so the shell reads the same variable name.
+            glued = isinstance(after, str) and _NAME_CHAR.match(after) is not None
+            text += f"${{{part.name}}}" if glued else f"${part.name}"
+        else:
+            text += part
+    return text
+
+
+def _is_plain(arg: Arg) -> bool:
+    """True when every literal part is made of characters no shell context treats specially."""
+    return all(isinstance(p, Var) or _PLAIN.fullmatch(p) for p in arg)
+
+
+def _shell(arg: Arg) -> str:
+    """The argument as one shell word: "..." around plain text and $VARs; otherwise the literal parts
+    shlex-quoted and the variables double-quoted."""
+    if _is_plain(arg):
+        return f'"{_plain(arg)}"'
+    return "".join(f'"${p.name}"' if isinstance(p, Var) else shlex.quote(p) for p in arg if p != "")
+
+
+def build_argv(plan: TrtBuildPlan) -> list[str]:
+    """trtexec arguments that build the engine described by ``plan`` (shell variables unexpanded)."""
+    return [_plain(a) for a in _build_args(plan)]
+
+
+def profile_argv(plan: TrtBuildPlan) -> list[str]:
+    """trtexec arguments that time the saved engine (shell variables unexpanded)."""
+    return [_plain(a) for a in _profile_args(plan)]
 
 
 _PREAMBLE = """#!/usr/bin/env bash
@@ -120,38 +164,53 @@ if [ ! -x "$TRTEXEC" ]; then
 fi
 """
 
-_PLUGIN_CHECK = """PLUGIN_LIB="${{SPARSEFUSE_TRT_PLUGINS:-{default}}}"
-if [ ! -f "$PLUGIN_LIB" ]; then
+_PLUGIN_CHECK = """if [ ! -f "$PLUGIN_LIB" ]; then
   echo "error: plugin library $PLUGIN_LIB not found" >&2
   echo "       build it with CMake on the target (docs/native-build.md)" >&2
-  echo "       or set SPARSEFUSE_TRT_PLUGINS=/path/to/{lib}" >&2
+  echo {set_hint} >&2
   exit 2
 fi
 """
+
+
+def _env_default(var: str, env: str, default: Arg) -> str:
+    """Shell lines that set ``var`` from the environment variable ``env``, else to ``default``."""
+    if _is_plain(default):
+        return f'{var}="${{{env}:-{_plain(default)}}}"\n'
+    # Inside "${ENV:-...}" quotes are literal and $(...) still runs: assign quoted text on its own.
+    return f'{var}="${{{env}:-}}"\nif [ -z "${var}" ]; then {var}={_shell(default)}; fi\n'
 
 
 def _plugin_check(library: str) -> str:
     """Shell lines that resolve PLUGIN_LIB: the env override, else the given absolute path, else
     the library's file name next to the script."""
     path = Path(library)
-    default = shlex.quote(str(path)) if path.is_absolute() else f"$HERE/{path.name}"
-    return _PLUGIN_CHECK.format(default=default, lib=path.name)
+    default: Arg = (str(path),) if path.is_absolute() else (HERE, "/" + path.name)
+    hint = shlex.quote(f"       or set SPARSEFUSE_TRT_PLUGINS=/path/to/{path.name}")
+    return _env_default("PLUGIN_LIB", "SPARSEFUSE_TRT_PLUGINS", default) + _PLUGIN_CHECK.format(set_hint=hint)
 
 
-def _join(argv: list[str]) -> str:
-    # Keep $VARS expandable: quote each argument with double quotes.
-    return " \\\n  ".join('"' + a.replace('"', '\\"') + '"' for a in argv)
+def _join(args: list[Arg]) -> str:
+    return " \\\n  ".join(_shell(a) for a in args)
+
+
+def _comment(text: str) -> str:
+    """``text`` safe on a comment line: a line break would end the comment."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _preamble(plan: TrtBuildPlan) -> str:
+    return _PREAMBLE.format(tag=_comment(plan.target_tag), trt=_comment(plan.tensorrt_version))
 
 
 def render_build_script(plan: TrtBuildPlan) -> str:
     onnx_rel = os.path.relpath(plan.onnx_path, plan.out_dir)
-    lines = [_PREAMBLE.format(tag=plan.target_tag, trt=plan.tensorrt_version)]
-    lines.append(f'ONNX="${{ONNX:-$HERE/{onnx_rel}}}"\n')
+    lines = [_preamble(plan), _env_default("ONNX", "ONNX", (HERE, "/" + onnx_rel))]
     if plan.plugin_library:
         lines.append(_plugin_check(plan.plugin_library))
     for warning in plan.warnings:
         lines.append(f"echo {shlex.quote('warning: ' + warning)} >&2\n")
-    lines.append('"$TRTEXEC" \\\n  ' + _join(build_argv(plan)) + ' 2>&1 | tee "$HERE/build.log"\n')
+    lines.append('"$TRTEXEC" \\\n  ' + _join(_build_args(plan)) + ' 2>&1 | tee "$HERE/build.log"\n')
     lines.append(
         "# Which layers TensorRT considered for, and picked, 2:4 sparse kernels:\n"
         'grep -F "(Sparsity)" "$HERE/build.log" > "$HERE/sparsity.log" || true\n'
@@ -179,7 +238,7 @@ _ENV_DESKTOP = """{
 
 
 def render_profile_script(plan: TrtBuildPlan) -> str:
-    lines = [_PREAMBLE.format(tag=plan.target_tag, trt=plan.tensorrt_version)]
+    lines = [_preamble(plan)]
     if plan.plugin_library:
         lines.append(_plugin_check(plan.plugin_library))
     lines.append(
@@ -192,11 +251,10 @@ def render_profile_script(plan: TrtBuildPlan) -> str:
         lines.append(_ENV_JETSON)
     else:
         lines.append(_ENV_DESKTOP)
-    lines.append('"$TRTEXEC" \\\n  ' + _join(profile_argv(plan)) + ' 2>&1 | tee "$HERE/profile.log"\n')
+    lines.append('"$TRTEXEC" \\\n  ' + _join(_profile_args(plan)) + ' 2>&1 | tee "$HERE/profile.log"\n')
     lines.append(
-        'echo "import with: sparsefuse profile --import-trtexec $HERE --target '
-        + plan.target_tag
-        + ' --out profile.json"\n'
+        "printf 'import with: sparsefuse profile --import-trtexec %q --target %q --out profile.json\\n' "
+        f'"$HERE" {shlex.quote(plan.target_tag)}\n'
     )
     return "".join(lines)
 

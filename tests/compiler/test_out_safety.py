@@ -120,6 +120,17 @@ def test_a_stage_with_an_output_outside_out_is_refused_before_it_runs(tmp_path):
     assert calls == [] and (out / "mine.txt").read_text() == "keep"
 
 
+def test_a_cache_folder_linked_elsewhere_is_refused_before_the_stage_runs(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    os.symlink(outside, out / ".cache")
+    calls: list[int] = []
+    with pytest.raises(SparsefuseError, match="refusing"):
+        StageRunner(out, VERSIONS).run("s", {}, {}, ["a.txt"], lambda: calls.append(1))
+    assert calls == [] and not any(outside.iterdir())
+
+
 def test_a_failed_stage_deletes_only_what_it_wrote(tmp_path):
     out = tmp_path / "out"
 
