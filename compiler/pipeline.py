@@ -66,12 +66,12 @@ def compile_model(
 
     start = time.perf_counter()
     out, target = config.out, get_target(config.target)
+    lowered, engine = lowered_rel(target.tag), engine_rel(target.tag)  # the tag's checks, before any work
     remove_outputs(out, ["compile.json"])  # stale until this compile completes
     progress = progress or NullProgress()
     run = StageRunner(out, tool_versions(), progress)
     torch_side = TorchSide(config, source)
     inputs = input_hashes(config, torch_side)
-    lowered, engine = lowered_rel(target.tag), engine_rel(target.tag)
     target_cfg = {"target": target.tag, "backend": target.backend}
     frames_cfg = {**target_cfg, **config.model_key_dict(), "profile_frames": PROFILE_FRAMES}
     verify_files = [*VERIFY_FILES, *([RUNNABLE_ONNX] if target.backend == "tensorrt" else [])]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsefuse.errors import SparsefuseError
-from sparsefuse.layout import TAG_FORM, tag_problem, target_slug
+from sparsefuse.layout import TAG_FORM, check_tag, tag_problem, target_slug
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "registry"
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -88,6 +88,9 @@ class Target:
     notes: str = ""
     sources: tuple[tuple[str, str], ...] = ()
     path: str = ""
+
+    def __post_init__(self) -> None:
+        check_tag(self.tag)  # OUT paths and script lines derive from the tag, however it was built
 
     @property
     def slug(self) -> str:

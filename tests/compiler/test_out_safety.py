@@ -16,7 +16,7 @@ from sparsefuse.compiler.config import make_config
 from sparsefuse.compiler.stages import StageRunner, inside_out, remove_outputs
 from sparsefuse.errors import SparsefuseError
 from sparsefuse.layout import check_tag, engine_rel
-from sparsefuse.targets.registry import load_target_file
+from sparsefuse.targets.registry import Target, load_target_file
 
 VERSIONS = {"tool": "1.0"}
 # Tags that must never name a target: each would put a path component outside OUT/engine/ or break
@@ -53,6 +53,8 @@ def test_a_bad_tag_in_a_user_toml_is_refused_naming_field_and_file(tmp_path, tag
     assert "\n" not in err.value.one_line() and "kind/name" in err.value.hint
     with pytest.raises(SparsefuseError):
         engine_rel(tag)  # the layout refuses it too, whoever built the tag
+    with pytest.raises(SparsefuseError):
+        Target(tag=tag, name="built in code", kind="cpu", backend="onnxruntime")
 
 
 @pytest.mark.parametrize("tag", GOOD_TAGS)
