@@ -1,7 +1,8 @@
 """``sparsefuse prune``: layer-adaptive sparsity for a reference model -> OUT/sparsity/ (plan, curves, plots).
 
 Example: ``sparsefuse prune --model bevfusion-tiny --budget params=0.25 --allocator mmprune4u
---pattern unstructured --calib 8 --out build/prune``.
+--pattern unstructured --calib 8 --out build/prune``. ``--operator obs`` reconstructs the surviving
+weights (OBS / SparseGPT) and writes them to OUT/sparsity/weights.safetensors next to plan.json.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic", action="store_true", help="random frames instead of a calibration set")
     p.add_argument("--nm-policy", default="valid", help="valid (C%%4==0) | tensorrt (best-practice sizes)")
     p.add_argument("--permute", action="store_true", help="2:4 channel-permutation search")
+    p.add_argument("--operator", default="magnitude",
+                   help="within-layer pruning: magnitude (zero weights) | obs (second-order reconstruction "
+                        "of the surviving weights from calibration inputs; writes "
+                        "sparsity/weights.safetensors)")
+    p.add_argument("--obs-percdamp", type=float, default=None,
+                   help="OBS dampening: λ = F · mean(diag H) (default 0.01)")
     p.add_argument("--num-points", type=int, default=None, help="LiDAR points per calibration frame")
     p.add_argument(
         "--calib-seeds",
@@ -77,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         nm_policy=args.nm_policy,
         permute=args.permute,
         seed=args.seed,
+        operator=args.operator,
+        obs_percdamp=args.obs_percdamp,
     )
     if args.threads:
         torch.set_num_threads(args.threads)

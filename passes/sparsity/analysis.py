@@ -16,6 +16,8 @@ from sparsefuse.passes.sparsity.calib import default_forward
 from sparsefuse.passes.sparsity.candidates import Candidate, candidate_masks, candidates_for
 from sparsefuse.passes.sparsity.channel import ChannelChain, find_chains
 from sparsefuse.passes.sparsity.discover import PrunableLayer, discover_layers, modality_of
+from sparsefuse.passes.sparsity.obs import DEFAULT_BLOCK, DEFAULT_PERCDAMP
+from sparsefuse.passes.sparsity.reconstruct import ObsOperator, candidate_changes
 from sparsefuse.passes.sparsity.regularizer import combine_lambda, site_lambdas
 from sparsefuse.passes.sparsity.sensitivity import Sensitivity, measure_sensitivity
 
@@ -29,6 +31,7 @@ class Analysis:
     site_lambda: list[list[dict[str, float]]]  # [L][K] site -> bound
     pattern: str
     sites: dict[str, str] = field(default_factory=dict)
+    operator: ObsOperator | None = None  # None = magnitude masking
 
     def lam(self, weights: Mapping[str, float]) -> list[list[float]]:
         """λ[i][k] = Σ_m w_m · bound_m (zeros when nothing was measured). ``weights`` are keyed by
@@ -75,8 +78,13 @@ def analyze(
     progress: Callable[[int, int], None] | None = None,
     before_measure: Callable[[Analysis], None] | None = None,
     modality: Callable[[str], str] | None = None,
+    operator: str = "magnitude",
+    percdamp: float = DEFAULT_PERCDAMP,
+    block: int = DEFAULT_BLOCK,
 ) -> Analysis:
-    """Discover, build candidates and (when ``measure``) measure δᵈ and per-site λ bounds."""
+    """Discover, build candidates and (when ``measure``) measure δᵈ and per-site λ bounds.
+    ``operator="obs"`` collects each supported layer's Hessian once on ``frames`` and measures every
+    candidate with its OBS-reconstructed weights (reconstruct.py)."""
     model.eval()
     layers, traces = discover_layers(model, frames, forward, modality=modality or modality_of)
     chains = find_chains(traces[0], layers)
@@ -84,17 +92,26 @@ def analyze(
     weights = dict(model.named_parameters())
     site_map = feature_sites(model, sites)
 
+    obs: ObsOperator | None = None
+
     def masks_fn(layer: PrunableLayer, cand: Candidate) -> dict[str, torch.Tensor]:
+        if obs is not None:
+            return candidate_changes(layer, weights, cand, chains.get(layer.name), obs)
         return candidate_masks(layer, weights, cand, chains.get(layer.name))
 
     sens = None
     site_lambda = [[{} for _ in c] for c in cands]
     if before_measure is not None:  # e.g. a budget check, before the expensive part
         before_measure(Analysis(layers, cands, chains, None, site_lambda, pattern, site_map))
+    if operator == "obs":  # after the budget check: the Hessians cost one forward per frame
+        obs = ObsOperator(model, frames, forward, layers, percdamp, block)
     if measure:
         sens = measure_sensitivity(
             model, frames, forward, layers, cands, masks_fn, site_map, worst_case, use_cache, progress
         )
         site_lambda = [[site_lambdas(sens.dense_site_stats, st) for st in row] for row in sens.site_stats]
         sens.forward_counts["discovery_traced_forwards"] = float(len(traces))
-    return Analysis(layers, cands, chains, sens, site_lambda, pattern, site_map)
+        if obs is not None:
+            sens.forward_counts["hessian_forwards"] = float(len(frames))
+            sens.forward_counts["hessian_seconds"] = obs.seconds
+    return Analysis(layers, cands, chains, sens, site_lambda, pattern, site_map, obs)

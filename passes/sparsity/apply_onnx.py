@@ -2,7 +2,8 @@
 
 Initializer names come from the export pass's param map (torch name -> initializer name, stored in
 the model metadata) or equal the torch names. The same order as apply_torch: permutations first,
-then every mask computed from the permuted weights, then multiplication. 2:4 layers are checked
+then the plan's reconstructed weights (OBS operator) replace their initializers, then every mask
+computed from those weights, then multiplication. 2:4 layers are checked
 after masking: every group of 4 along the reduction axis holds ≤ 2 nonzeros.
 """
 
@@ -62,6 +63,15 @@ def apply_plan_onnx(
             order = np.asarray(layer.permutation["order"], dtype=np.int64)
             for name, axis in layer.permutation["tensors"].items():
                 updated[mapping.get(name, name)] = np.take(values(name), order, axis=int(axis))
+    for name, value in (plan.reconstructed or {}).items():
+        old = values(name)
+        if tuple(old.shape) != tuple(value.shape):
+            raise SparsefuseError(
+                f"plan weights: {name} has shape {tuple(value.shape)}, "
+                f"the initializer's is {tuple(old.shape)}",
+                "apply the plan to the model it was made for",
+            )
+        updated[mapping.get(name, name)] = value.detach().cpu().numpy().astype(old.dtype)
     names = set()
     for layer in plan.layers:
         if layer.level > 0:  # every weight a mask is computed from must exist (const() says which not)

@@ -1,7 +1,7 @@
 """Apply a plan to a torch model: permutations, then masks (kept for fine-tuning), or thinning.
 
-Order matters and is the same as in apply_onnx: permute channels first, compute every mask from
-the permuted (unmasked) weights, then multiply.
+Order matters and is the same as in apply_onnx: permute channels first, replace the weights the plan
+reconstructed (OBS operator), compute every mask from those weights, then multiply.
 """
 
 from __future__ import annotations
@@ -42,9 +42,24 @@ def apply_permutations(model: torch.nn.Module, plan: SparsityPlan) -> None:
                 t.copy_(t.index_select(int(axis), order.to(t.device)))
 
 
+def apply_reconstructed(model: torch.nn.Module, plan: SparsityPlan) -> None:
+    """Copy the plan's reconstructed weights (if any) into the model, in place."""
+    with torch.no_grad():
+        for name, value in (plan.reconstructed or {}).items():
+            t = _tensor(model, name)
+            if tuple(t.shape) != tuple(value.shape):
+                raise SparsefuseError(
+                    f"plan weights: {name} has shape {tuple(value.shape)}, the model's is {tuple(t.shape)}",
+                    "apply the plan to the model it was made for",
+                )
+            t.copy_(value.to(device=t.device, dtype=t.dtype))
+
+
 def apply_plan_torch(model: torch.nn.Module, plan: SparsityPlan) -> dict[str, torch.Tensor]:
-    """Permute, mask in place and return the masks (name -> bool tensor) for fine-tuning."""
+    """Permute, replace reconstructed weights, mask in place and return the masks (name -> bool) for
+    fine-tuning."""
     apply_permutations(model, plan)
+    apply_reconstructed(model, plan)
     weights = {name: p.detach().cpu() for name, p in model.named_parameters()}
     masks = plan_masks(plan, weights)
     reapply_masks(model, masks)
@@ -74,6 +89,7 @@ def thin_model(model: torch.nn.Module, plan: SparsityPlan) -> torch.nn.Module:
     as the masked model). Other patterns are applied as masks."""
     thin = copy.deepcopy(model)
     apply_permutations(thin, plan)
+    apply_reconstructed(thin, plan)
     weights = {name: p.detach().cpu() for name, p in thin.named_parameters()}
     masks = plan_masks(plan, weights)
     chains = []

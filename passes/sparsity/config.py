@@ -3,6 +3,10 @@
 Parsed from the same strings as ``sparsefuse prune`` (``--budget params=0.25`` …) and from one
 compile-style spec string ``"budget=params=0.25,allocator=lamp,pattern=2:4,calib=8"``.
 
+``operator`` is the within-layer pruning operator: ``magnitude`` (zero the weights, keep the rest) or
+``obs`` (second-order reconstruction, passes/sparsity/obs.py: OBS mask selection and SparseGPT updates
+of the surviving weights; ``obs_percdamp`` is its dampening fraction, ``obs_block`` its lazy-batch block).
+
 Budget semantics: the value is the fraction of the dense cost of the prunable layers that may
 remain. ``params=0.25`` keeps ≤ 25 % of the prunable weights (75 % parameter sparsity);
 ``flops=0.4`` keeps ≤ 40 % of their dense FLOPs; ``latency=<table.json>[@0.6]`` keeps ≤ 60 %
@@ -23,6 +27,7 @@ NM_POLICIES = ("valid", "tensorrt")
 # Where δ is measured: after each output's consumer transform (the model spec's), or on raw outputs.
 DISTORTION_SPACES = ("consumer", "raw")
 DEFAULT_LATENCY_FRACTION = 0.5
+OPERATORS = ("magnitude", "obs")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class SparsityConfig:
     dp_resolution: int = 10_000
     seed: int = 0
     distortion: str = "consumer"
+    operator: str = "magnitude"
+    obs_percdamp: float = 0.01
+    obs_block: int = 128
 
     def __post_init__(self) -> None:
         _check_choice("allocator", self.allocator, ALLOCATORS)
@@ -50,6 +58,12 @@ class SparsityConfig:
         _check_choice("budget kind", self.budget_kind, BUDGET_KINDS)
         _check_choice("nm_policy", self.nm_policy, NM_POLICIES)
         _check_choice("distortion", self.distortion, DISTORTION_SPACES)
+        _check_choice("operator", self.operator, OPERATORS)
+        if not 0.0 < self.obs_percdamp <= 10.0 or self.obs_block < 4 or self.obs_block % 4:
+            raise SparsefuseError(
+                f"obs_percdamp={self.obs_percdamp}, obs_block={self.obs_block}",
+                "need 0 < obs_percdamp ≤ 10 (e.g. 0.01) and obs_block a positive multiple of 4 (e.g. 128)",
+            )
         if not 0.0 < self.budget <= 1.0:
             raise SparsefuseError(
                 f"budget {self.budget} is outside (0, 1]",

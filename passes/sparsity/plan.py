@@ -3,13 +3,19 @@
 Masks are not stored: each is a deterministic function of the (possibly permuted) weight values and
 the layer's (pattern, level), recomputed by apply_torch / apply_onnx from identical weights. What
 must be replayed in order is stored: channel permutations (tensor name -> axis, order), then masks.
+
+With the OBS operator the surviving weights of a reconstructed layer are new values, not a function of
+the original weights: they are stored in ``weights.safetensors`` next to plan.json (by parameter name,
+in the permuted layout) and named by ``weights_file``. Order: permutations, then the stored weights
+replace the originals, then the masks are recomputed from them (the stored weights already hold the
+zeros, so masking leaves them unchanged). A plan without ``weights_file`` is pure masking.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ from sparsefuse.passes.sparsity.candidates import DENSE
 from sparsefuse.passes.sparsity.patterns import filter_mask, nm_mask, unstructured_mask
 
 SCHEMA_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,14 @@ class SparsityPlan:
     layers: list[LayerPlan]
     config: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    weights_file: str | None = None  # relative to plan.json; None: no reconstructed weights
+    # Name -> reconstructed weight (loaded from weights_file; not part of plan.json).
+    reconstructed: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(replace(self, reconstructed=None))
+        out.pop("reconstructed")
+        return out
 
     @staticmethod
     def from_json(obj: Mapping[str, Any]) -> SparsityPlan:
@@ -83,6 +95,7 @@ class SparsityPlan:
                 "re-run sparsefuse prune with this version",
             )
         data = dict(obj)
+        data.pop("reconstructed", None)
         data["layers"] = [LayerPlan(**layer) for layer in obj["layers"]]
         return SparsityPlan(**data)
 
@@ -92,10 +105,38 @@ def write_plan(plan: SparsityPlan, out_dir: str | Path) -> Path:
 
 
 def read_plan(path: str | Path) -> SparsityPlan:
+    """plan.json, with its reconstructed weights loaded when it names a weights file."""
     try:
-        return SparsityPlan.from_json(json.loads(Path(path).read_text()))
+        plan = SparsityPlan.from_json(json.loads(Path(path).read_text()))
     except (OSError, json.JSONDecodeError, TypeError) as exc:
         raise SparsefuseError(f"cannot read plan {path}: {exc}", "point at a sparsity/plan.json") from None
+    if plan.weights_file:
+        plan = replace(plan, reconstructed=read_weights(Path(path).parent / plan.weights_file))
+    return plan
+
+
+def write_weights(tensors: Mapping[str, torch.Tensor], out_dir: str | Path) -> Path:
+    """weights.safetensors: name -> reconstructed weight, written atomically."""
+    from safetensors.torch import save_file
+
+    dest = Path(out_dir) / WEIGHTS_FILE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp))
+    return dest
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError) as exc:
+        raise SparsefuseError(
+            f"cannot read the plan's reconstructed weights {path}: {exc}",
+            "keep weights.safetensors next to plan.json (the OBS operator writes both)",
+        ) from None
 
 
 def write_curves(

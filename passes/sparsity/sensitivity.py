@@ -28,6 +28,7 @@ from sparsefuse.passes.sparsity.discover import PrunableLayer
 from sparsefuse.passes.sparsity.regularizer import ChannelStats, site_stats
 from sparsefuse.passes.sparsity.replay import ReplayCache
 
+# (layer, candidate) -> name -> bool mask, or new values for a reconstructed weight.
 MasksFn = Callable[[PrunableLayer, Candidate], dict[str, torch.Tensor]]
 
 
@@ -44,13 +45,17 @@ class Sensitivity:
 
 @contextmanager
 def masked(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]):
-    """Temporarily multiply the named weights by their masks."""
+    """Temporarily multiply the named weights by their boolean masks; a floating-point entry replaces
+    the weight's values instead (a reconstructed layer, reconstruct.py)."""
     saved = {}
     with torch.no_grad():
         for name, mask in masks.items():
             p = model.get_parameter(name)
             saved[name] = p.detach().clone()
-            p.mul_(mask.to(p.dtype))
+            if mask.dtype == torch.bool:
+                p.mul_(mask.to(p.dtype))
+            else:
+                p.copy_(mask.to(device=p.device, dtype=p.dtype))
     try:
         yield
     finally:

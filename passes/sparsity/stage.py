@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,15 @@ from sparsefuse.passes.sparsity.config import SparsityConfig
 from sparsefuse.passes.sparsity.decide import Decision, check_budget, decide, final_masks
 from sparsefuse.passes.sparsity.discover import discover_layers
 from sparsefuse.passes.sparsity.patterns import retained_magnitude, search_permutation
-from sparsefuse.passes.sparsity.plan import LayerPlan, SparsityPlan, write_curves, write_plan
+from sparsefuse.passes.sparsity.plan import (
+    WEIGHTS_FILE,
+    LayerPlan,
+    SparsityPlan,
+    write_curves,
+    write_plan,
+    write_weights,
+)
+from sparsefuse.passes.sparsity.reconstruct import reconstructed_weights
 from sparsefuse.passes.sparsity.regularizer import FORMULA, regularized_distortion
 
 
@@ -255,11 +263,23 @@ def run_sparsity_stage(
         progress=progress,
         before_measure=lambda a: check_budget(a, config, latency),
         modality=modality,
+        operator=config.operator,
+        percdamp=config.obs_percdamp,
+        block=config.obs_block,
     )
     weights = {n: p.detach() for n, p in work.named_parameters()}
     decision = decide(analysis, weights, config, latency)
     counts = analysis.sensitivity.forward_counts if analysis.sensitivity else {}
-    plan = build_plan(analysis, decision, config, weights, counts, permutations)
+    recon = (
+        reconstructed_weights(analysis.operator, analysis.layers, weights, decision.candidates)
+        if analysis.operator is not None
+        else {}
+    )
+    # Masks and kept counts are computed from the reconstructed weights, as apply does.
+    plan = build_plan(analysis, decision, config, weights | recon, counts, permutations)
+    if recon:
+        write_weights(recon, Path(out_dir))
+        plan = replace(plan, weights_file=WEIGHTS_FILE, reconstructed=recon)
     plan.config["distortion_space"] = space
     plan.config["output_transforms"] = {t.name: t.transform + (f"({t.weight_by})" if t.weight_by else "")
                                         for t in (transforms or ())}
