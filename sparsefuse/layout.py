@@ -19,7 +19,7 @@ def tag_problem(tag: object) -> str | None:
     if not isinstance(tag, str):
         return f"is not a string ({type(tag).__name__})"
     if _TAG.fullmatch(tag) is None:
-        return f"is {tag!r}, not a target tag"
+        return f"is {tag!r}, not of the form name or kind/name"
     return None
 
 
