@@ -106,7 +106,7 @@ class Target:
         return self.kind == "jetson"
 
     def features(self) -> dict[str, bool]:
-        """What the SM architecture and the typical TensorRT version imply (research/anchors.md §5)."""
+        """What the SM architecture and the typical TensorRT version imply (docs/sources.md S1, S3, S7)."""
         trt = _version_tuple(self.tensorrt)
         sm = self.sm or 0
         return {

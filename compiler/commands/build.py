@@ -41,7 +41,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--workspace-mib", type=int, default=None, help="builder workspace pool limit [MiB]")
     parser.add_argument("--opt-level", type=int, default=3, help="builder optimization level 0..5")
     parser.add_argument("--plugin-lib", default=None, help="libsparsefuse_trt_plugins.so path on the target")
-    parser.add_argument("--plugin-loading", default=None, choices=("static", "dynamic"))
+    parser.add_argument("--plugin-loading", default=None, choices=("static", "dynamic"),
+                        help="how TensorRT loads the plugin library: static (default: the library registers "
+                             "its creators when loaded, trtexec --staticPlugins) or dynamic (TensorRT 10+: "
+                             "IPluginRegistry::loadLibrary through getCreators, trtexec --dynamicPlugins)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = default)")
     parser.set_defaults(func=run)
 
