@@ -33,7 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "measure it now",
     )
     src.add_argument("--baseline-onnx", type=Path, help="baseline ONNX measured now, interleaved with --onnx")
-    src.add_argument("--inputs", type=Path, help="npz of model inputs (e.g. a bundle's golden/inputs.npz)")
+    src.add_argument(
+        "--inputs",
+        type=Path,
+        help="npz of model inputs (e.g. a bundle's golden/inputs.npz). Default: the compile's verify "
+        "frames, else synthetic frames for a preset-shaped graph; other models with dynamic inputs "
+        "need it",
+    )
     src.add_argument(
         "--update-baseline",
         action="store_true",
@@ -146,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         plot=not args.no_plot,
     )
     result = run_regress(opts)
+    if result.inputs:
+        print(f"inputs: {result.inputs}")
     print(result.message)
     for kind, path in sorted(result.reports.items()):
         print(f"  {kind}: {path}")

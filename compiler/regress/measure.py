@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,8 @@ def make_feeds(
 ) -> dict[str, np.ndarray]:
     """Feeds from an npz (golden inputs) or, without one, seeded random tensors.
 
-    Dynamic dimensions without an npz become 1, which suits only simple models: pass golden
-    inputs for the real presets.
+    Dynamic dimensions without an npz become 1, which suits only fixed-size models (the reference
+    kernel); regress picks realistic frames with ``inputs.resolve_frames``.
     """
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
@@ -177,10 +178,11 @@ class OrtRunner:
         if profile_dir is not None:
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(profile_dir, "ort")
+            # Inlined custom-op bodies keep their call site's name (and so its module).
+            model = prepare_for_profiling(model)
             if module_scheme == "bevfusion":
                 # Level "all" renames nodes in its NCHWc pass and loses the torch module paths
                 # (the same choice as targets' ORT profiler).
-                model = prepare_for_profiling(model, module_scheme)
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         try:
             self.session = ort.InferenceSession(
@@ -191,14 +193,18 @@ class OrtRunner:
                 f"onnxruntime cannot load the model: {exc}".splitlines()[0],
                 "check the model's opset and custom ops",
             ) from None
-        self.feeds = feeds
+        names = {i.name for i in self.session.get_inputs()}
+        self.feeds = {k: v for k, v in feeds.items() if k in names}
+        self.inputs = names
         self.profiled = profile_dir is not None
         self.module_map = ModuleMap(model, module_depth, module_scheme)
         self.clock = time.thread_time if clock == "thread" else time.perf_counter
 
-    def run_once(self) -> float:
+    def run_once(self, feeds: dict[str, np.ndarray] | None = None) -> float:
+        """One timed run (ms) on ``feeds`` (default: the session's own)."""
+        feeds = self.feeds if feeds is None else {k: v for k, v in feeds.items() if k in self.inputs}
         start = self.clock()
-        self.session.run(None, self.feeds)
+        self.session.run(None, feeds)
         return (self.clock() - start) * 1000.0
 
     def module_samples(self, skip_runs: int) -> dict[str, tuple[float, ...]]:
@@ -247,9 +253,18 @@ def reference_repeats(model_ms: list[float], reference_ms: list[float], share: f
 
 
 def measure_models(
-    models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], config: MeasureConfig
+    models: dict[str, onnx.ModelProto],
+    feeds: dict[str, np.ndarray] | Sequence[dict[str, np.ndarray]],
+    config: MeasureConfig,
 ) -> dict[str, LatencySamples]:
-    """Time every model ``config.runs`` times, interleaved (order reversed every round)."""
+    """Time every model ``config.runs`` times, interleaved (order reversed every round).
+
+    ``feeds``: one frame, or several: round i feeds frame i mod n to every model, so the two runs
+    of an interleaved pair always see the same frame.
+    """
+    frames = [feeds] if isinstance(feeds, dict) else list(feeds)
+    if not frames:
+        raise SparsefuseError("no input frames to measure with", "pass --inputs FRAMES.npz")
     if config.runs < 5:
         raise SparsefuseError(
             f"--runs {config.runs} is too few for a confidence interval", "use --runs 30 or more"
@@ -263,7 +278,7 @@ def measure_models(
                 os.makedirs(pdir)
             runners[name] = OrtRunner(
                 models[name],
-                feeds,
+                frames[0],
                 config.threads,
                 pdir,
                 config.module_depth,
@@ -277,9 +292,9 @@ def measure_models(
             else None
         )
         warm_model, warm_ref = [], []
-        for _ in range(config.warmup):
+        for i in range(config.warmup):
             for name in names:
-                warm_model.append(runners[name].run_once())
+                warm_model.append(runners[name].run_once(frames[i % len(frames)]))
                 if reference:
                     warm_ref.append(reference.run_once())
         reps = reference_repeats(warm_model, warm_ref)
@@ -287,7 +302,7 @@ def measure_models(
         refs: dict[str, list[float]] = {n: [] for n in names}
         for i in range(config.runs):
             for name in names if i % 2 == 0 else names[::-1]:
-                totals[name].append(runners[name].run_once())
+                totals[name].append(runners[name].run_once(frames[i % len(frames)]))
                 if reference:
                     refs[name].append(sum(reference.run_once() for _ in range(reps)) / reps)
         device = device_description(config.threads)

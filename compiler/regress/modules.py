@@ -1,9 +1,13 @@
 """Attribute ONNX Runtime profiler events to model modules.
 
 A module is the leading component of a node's scope path: ``/camera/backbone/conv1/Conv`` and
-``camera.backbone.conv1`` belong to ``camera`` (depth 1). ORT's graph optimizer renames nodes
-(fusions, NCHWc layout nodes named after their output tensor), so an event is matched against
-the original node names, then the original tensor names, then the module names as tokens.
+``camera.backbone.conv1`` belong to ``camera`` (depth 1). The dynamo exporter names nodes
+``node_conv2d_15`` and keeps the torch module path in the node's metadata
+(``pkg.torch.onnx.name_scopes``); that path is used when the name has no scope. ORT's graph
+optimizer renames nodes (fusions, NCHWc layout nodes named after their output tensor) and
+inlines custom-op bodies (``_inlfunc_<fn>__site<i>_...`` after :func:`prepare_for_profiling`), so
+an event is matched against the original node names, the original tensor names, the inlined
+call site, then the module names as tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ OTHER = "other"
 SCHEMES = ("prefix", "bevfusion")
 _SPLIT = re.compile(r"[/.:]")
 _SUFFIXES = ("_kernel_time", "_nchwc", "_fence_before", "_fence_after")
+_INLINED = re.compile(r"^_inlfunc_.+?__site(\d+)_")
+_SITE = re.compile(r"__site\d+$")
 
 
 def scope_module(name: str, depth: int = 1) -> str | None:
@@ -28,14 +34,23 @@ def scope_module(name: str, depth: int = 1) -> str | None:
     return "/".join(parts[:depth])
 
 
+def torch_scope_module(scope: str, depth: int = 1) -> str | None:
+    """Module of a torch module path ("camera/camera.backbone/..."), as ``scope_module`` names it:
+    depth 1 "camera", depth 2 "camera/backbone"; None for the top level ("")."""
+    paths = [p for p in scope.split("/") if p]
+    if not paths:
+        return None
+    return "/".join(paths[min(depth, len(paths)) - 1].split(".")[:depth])
+
+
 class ModuleMap:
     """Maps profiler event names to module names for one ONNX graph."""
 
     def __init__(self, model: onnx.ModelProto, depth: int = 1, scheme: str = "prefix") -> None:
-        """scheme "prefix": module = leading scope component(s) of node names; "bevfusion": the
-        BEVFusion split of sparsefuse.targets.modules (voxelize, lidar_backbone, camera_depth,
-        ...), from the exporter's torch module paths. For "bevfusion", profile the model as
-        prepared by :func:`prepare_for_profiling` so inlined custom-op bodies keep their call site.
+        """scheme "prefix": module = leading scope component(s) of node names or, where a name has
+        none, of the torch module path; "bevfusion": the BEVFusion split of
+        sparsefuse.targets.modules (voxelize, lidar_backbone, camera_depth, ...). Profile the model
+        as prepared by :func:`prepare_for_profiling` so inlined custom-op bodies keep their call site.
         """
         if scheme not in SCHEMES:
             raise ValueError(f"module scheme must be one of {SCHEMES}, got {scheme!r}")
@@ -44,19 +59,18 @@ class ModuleMap:
         self.by_node: dict[str, str] = {}
         self.by_tensor: dict[str, str] = {}
         self._cache: dict[str, str] = {}
-        scopes: dict[str, str] = {}
-        if scheme == "bevfusion":
-            from sparsefuse.targets.modules import node_scopes
+        from sparsefuse.targets.modules import module_of, node_scopes
 
-            scopes = node_scopes(model)
+        scopes = node_scopes(model)
         for node in model.graph.node:
             if scheme == "bevfusion":
-                from sparsefuse.targets.modules import module_of
-
-                module: str | None = module_of(scopes.get(node.name) or node.name, node.op_type)
+                # prepare_for_profiling renames custom calls "<op>__site<i>"; the op type decides.
+                op_type = _SITE.sub("", node.op_type)
+                module: str | None = module_of(scopes.get(node.name) or node.name, op_type)
                 module = None if module == OTHER else module
             else:
-                module = scope_module(node.name, depth)
+                scope = scopes.get(node.name, "")
+                module = scope_module(node.name, depth) or torch_scope_module(scope, depth)
             if module is None:
                 continue
             self.by_node[node.name] = module
@@ -73,6 +87,14 @@ class ModuleMap:
             return self.by_node[name]
         if name in self.by_tensor:
             return self.by_tensor[name]
+        lead = name
+        while "/" in lead:  # a fused kernel "<node>/<Fusion>" belongs to its leading node
+            lead = lead.rpartition("/")[0]
+            if lead in self.by_node:
+                return self.by_node[lead]
+        site = _INLINED.match(name)
+        if site and int(site.group(1)) < len(self.model.graph.node):
+            return self.by_node.get(self.model.graph.node[int(site.group(1))].name, OTHER)
         if self.scheme == "bevfusion":
             if name not in self._cache:
                 from sparsefuse.targets.backends.ort_profiling import attach_scopes
@@ -87,11 +109,10 @@ class ModuleMap:
         return OTHER
 
 
-def prepare_for_profiling(model: onnx.ModelProto, scheme: str) -> onnx.ModelProto:
-    """For "bevfusion": one named copy of each custom-op function per call site, so ORT's
-    inlined kernels ("_inlfunc_<fn>__site<i>_...") name the node they came from. Same semantics."""
-    if scheme != "bevfusion":
-        return model
+def prepare_for_profiling(model: onnx.ModelProto) -> onnx.ModelProto:
+    """One named copy of each custom-op function per call site, so ORT's inlined kernels
+    ("_inlfunc_<fn>__site<i>_...") name the node they came from (for every scheme: the custom ops
+    are most of a LiDAR model's time). Same semantics."""
     from sparsefuse.targets.backends.ort_profiling import name_function_bodies
 
     return name_function_bodies(model)

@@ -20,15 +20,71 @@ def _status(v: Verdict) -> str:
     return "REGRESSED" if v.regressed else "improved" if v.improved else "ok"
 
 
-def _row(v: Verdict) -> str:
+def statistic_label(verdict: LatencyVerdict) -> str:
+    """The statistic the gate used for the total (the table's change column is labelled with it)."""
+    if verdict.total.ci is not None:
+        return verdict.total.ci.statistic
+    return {"paired": "median of paired ratios", "reference-normalized": "ratio of reference-normalised "
+            "medians"}.get(verdict.mode, "ratio of medians")
+
+
+def _note(v: Verdict, label: str) -> str:
+    """Added time and share, the statistic where it is not the column's, and why the change's sign
+    disagrees with the raw medians (if it does)."""
+    ci = v.ci
+    parts = [f"{v.delta_ms:+.3f} ms at this change, {100 * v.share_of_baseline:.0f}% of baseline"]
+    if ci.statistic != label:
+        parts.append(f"statistic: {ci.statistic}")
+    if ci.explanation():
+        parts.append(ci.explanation())
+    return "; ".join(parts)
+
+
+def _row(v: Verdict, label: str) -> str:
     if v.ci is None:
-        return f"| {v.name} | – | – | – | – | {v.note} |"
+        return f"| {v.name} | – | – | – | – | n/a | {v.note} |"
     ci = v.ci
     return (
         f"| {v.name} | {ci.baseline_median_ms:.3f} | {ci.candidate_median_ms:.3f} | {ci.slowdown_pct:+.1f}% "
-        f"| [{100 * (ci.low - 1):+.1f}%, {100 * (ci.high - 1):+.1f}%] | {_status(v)} "
-        f"({v.delta_ms:+.3f} ms, {100 * v.share_of_baseline:.0f}% of baseline) |"
+        f"| [{100 * (ci.low - 1):+.1f}%, {100 * (ci.high - 1):+.1f}%] | {_status(v)} | {_note(v, label)} |"
     )
+
+
+def table_header(verdict: LatencyVerdict) -> list[str]:
+    """Column labels name the statistic the verdict uses, beside the raw medians."""
+    level = f"{100 * verdict.config.confidence:.0f}%"
+    return [
+        "| part | baseline median (ms) | candidate median (ms) | "
+        f"change ({statistic_label(verdict)}) | {level} CI | verdict | note |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+
+
+def _detail(v: Verdict) -> str:
+    """One self-contained sentence per compared part (JUnit output)."""
+    if v.ci is None:
+        return f"{v.name}: not compared ({v.note})"
+    ci = v.ci
+    text = (
+        f"{v.name}: medians {ci.baseline_median_ms:.3f} -> {ci.candidate_median_ms:.3f} ms; change "
+        f"{ci.slowdown_pct:+.1f}% ({ci.statistic}), {100 * ci.confidence:.0f}% CI "
+        f"[{100 * (ci.low - 1):+.1f}%, {100 * (ci.high - 1):+.1f}%]; {_status(v)}"
+    )
+    return text + (f"; {ci.explanation()}" if ci.explanation() else "")
+
+
+def _drift_note(verdict: LatencyVerdict) -> list[str]:
+    """The machine's own drift, which the histogram of raw totals still contains."""
+    ci = verdict.total.ci
+    if ci is None or ci.reference_drift is None:
+        return []
+    drift = 100.0 * (ci.reference_drift - 1.0)
+    return [
+        "",
+        f"The reference kernel ran {abs(drift):.1f}% {'slower' if drift >= 0 else 'faster'} during the "
+        "candidate's run than during the baseline's; each run is divided by its reference run, so the "
+        "change column can differ from the raw medians (and from regress.png's raw histograms).",
+    ]
 
 
 def _mode_note(mode: str) -> list[str]:
@@ -52,9 +108,11 @@ def markdown(
     outputs: list[OutputCheck] = (),
     metrics: list[MetricCheck] = (),
     title: str = "",
+    inputs: str = "",
 ) -> str:
     cfg = verdict.config
     failed = verdict.regressed or any(not c.passed for c in outputs) or any(not m.passed for m in metrics)
+    label = statistic_label(verdict)
     lines = [
         f"# Regression gate{': ' + title if title else ''} — {'FAIL' if failed else 'PASS'}",
         "",
@@ -62,14 +120,15 @@ def markdown(
         f"confidence (lower bound of the bootstrap CI of the median ratio). Mode: {verdict.mode}. "
         f"Clock: {candidate.clock}. Latencies are measured.",
         *_mode_note(verdict.mode),
+        *_drift_note(verdict),
         "",
         f"- baseline: {len(baseline.total_ms)} runs, {baseline.device or 'device not recorded'}",
         f"- candidate: {len(candidate.total_ms)} runs, {candidate.device or 'device not recorded'}",
+        *([f"- inputs: {inputs}"] if inputs else []),
         "",
-        "| part | baseline median (ms) | candidate median (ms) | change | CI | verdict |",
-        "|---|---:|---:|---:|---|---|",
-        _row(verdict.total),
-        *(_row(m) for m in verdict.modules),
+        *table_header(verdict),
+        _row(verdict.total, label),
+        *(_row(m, label) for m in verdict.modules),
     ]
     culprits = verdict.culprits()
     if culprits:
@@ -111,7 +170,7 @@ def junit_xml(
     """One testcase per module, one for the total, one per accuracy output and metric."""
     suite = ET.Element("testsuite", name="sparsefuse-regress")
     for v in (verdict.total, *verdict.modules):
-        detail = _row(v)
+        detail = _detail(v)
         failure = f"{v.name} slower: {v.ci.slowdown_pct:+.1f}%" if v.regressed and v.ci else None
         _case(suite, f"latency.{v.name}", failure, detail)
     for c in outputs:
@@ -166,13 +225,15 @@ def distribution_png(baseline: LatencySamples, candidate: LatencySamples, verdic
                        label=f"threshold +{100 * verdict.config.threshold:g}%")
     ax_mod.axvline(1.0, color="black", lw=1, label="no change")
     ax_mod.legend(fontsize=8, loc="lower right")
-    ax_mod.set_xlabel("median ratio candidate/baseline (CI)")
+    ax_mod.set_xlabel(f"{statistic_label(verdict)}, candidate/baseline (CI)")
     total = verdict.total.ci
     if total is not None:
-        fig.suptitle(
-            f"total {total.slowdown_pct:+.1f}% [{100 * (total.low - 1):+.1f}%, "
+        title = (
+            f"total {total.slowdown_pct:+.1f}% ({total.statistic}) [{100 * (total.low - 1):+.1f}%, "
             f"{100 * (total.high - 1):+.1f}%] — {'REGRESSED' if verdict.regressed else 'ok'}"
         )
+        # The histograms are raw: say why the title's sign can disagree with them.
+        fig.suptitle(title + (f"\n{total.explanation()}" if total.explanation() else ""), fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)

@@ -30,7 +30,8 @@ from sparsefuse.compiler.regress.accuracy import (
 )
 from sparsefuse.compiler.regress.baseline import BaselineKey, load_entries, select_entry, update_baseline
 from sparsefuse.compiler.regress.gate import GateConfig, LatencyVerdict, compare
-from sparsefuse.compiler.regress.measure import MeasureConfig, load_cpu_model, make_feeds, measure_models
+from sparsefuse.compiler.regress.inputs import Frames, check_fits, resolve_frames
+from sparsefuse.compiler.regress.measure import MeasureConfig, load_cpu_model, measure_models
 from sparsefuse.compiler.regress.samples import LatencySamples, read_json, samples_from_json
 from sparsefuse.errors import SparsefuseError
 from sparsefuse.layout import lowered_rel
@@ -73,6 +74,7 @@ class RegressResult:
     metrics: tuple[MetricCheck, ...]
     reports: dict[str, Path]
     message: str
+    inputs: str = ""  # which frames were measured ("" for a stored --profile)
 
 
 def _validate(opts: RegressOptions) -> None:
@@ -94,6 +96,18 @@ def _validate(opts: RegressOptions) -> None:
             "--golden needs the candidate's outputs: --outputs OUT.npz, or --onnx with --inputs",
             "pass the golden inputs with --inputs so regress can run the model",
         )
+    # Files that must exist, checked before minutes of measuring.
+    if opts.baseline is not None and not opts.update_baseline and not opts.baseline.is_file():
+        raise SparsefuseError(
+            f"baseline {opts.baseline} does not exist",
+            "record one first with --update-baseline, or compare interleaved with --baseline-onnx OLD.onnx",
+        )
+    paths = {"--profile": opts.profile, "--onnx": opts.onnx, "--baseline-onnx": opts.baseline_onnx,
+             "--inputs": opts.inputs, "--golden": opts.golden, "--outputs": opts.outputs,
+             "--tolerances": opts.tolerances}
+    for flag, path in paths.items():
+        if path is not None and not path.exists():
+            raise SparsefuseError(f"{flag} {path} does not exist", "check the path")
 
 
 def compile_record_near(path: Path) -> dict[str, Any] | None:
@@ -151,7 +165,7 @@ def key_for_profile(doc: dict[str, Any], path: Path, opts: RegressOptions) -> Ba
     )
 
 
-def key_for_onnx(path: Path, feeds: dict[str, np.ndarray], opts: RegressOptions) -> BaselineKey:
+def key_for_onnx(path: Path, frames: Frames, opts: RegressOptions) -> BaselineKey:
     import onnxruntime as ort
 
     record = compile_record_near(path)
@@ -163,7 +177,7 @@ def key_for_onnx(path: Path, feeds: dict[str, np.ndarray], opts: RegressOptions)
         backend="onnxruntime",
         backend_version=ort.__version__,
         precision=opts.precision or "fp32",
-        input_shapes=tuple(sorted((n, tuple(int(d) for d in a.shape)) for n, a in feeds.items())),
+        input_shapes=frames.key_shapes(),
     )
 
 
@@ -196,11 +210,11 @@ def _accuracy(opts: RegressOptions, model: Any, feeds: dict[str, np.ndarray]) ->
     return tuple(check_outputs(got, golden, tolerances, opts.precision or "fp32"))
 
 
-def resolve_model(path: Path, target: str | None) -> tuple[Path, Any]:
-    """(ONNX file, verify frames or None). A compile directory OUT stands for its lowered model
-    OUT/lowered/<target>.onnx, fed by the first of its verify frames (OUT/verify/inputs.json)."""
+def resolve_model(path: Path, target: str | None) -> Path:
+    """The ONNX file ``path`` stands for: itself, or for a compile directory OUT its lowered model
+    OUT/lowered/<target>.onnx (whose verify frames ``inputs.resolve_frames`` finds)."""
     if not path.is_dir():
-        return path, None
+        return path
     record = compile_record_near(path / "compile.json")
     if record is None:
         raise SparsefuseError(f"{path} is a folder but not a compile directory", "pass an ONNX file or OUT")
@@ -210,45 +224,56 @@ def resolve_model(path: Path, target: str | None) -> tuple[Path, Any]:
         raise SparsefuseError(
             f"{path} has no lowered model for target {tag}", "compile for it, or pass --onnx"
         )
-    inputs = path / "verify" / "inputs.json"
-    if not inputs.is_file():
-        return onnx_path, None
-    from sparsefuse.compiler.bundle import read_polygraphy_feeds
-
-    return onnx_path, read_polygraphy_feeds(inputs)
+    return onnx_path
 
 
-def gather(
-    opts: RegressOptions,
-) -> tuple[LatencySamples | None, LatencySamples, BaselineKey, bool, Any, dict]:
-    """(baseline samples or None when the stored baseline lacks the key's file, candidate samples,
-    key, paired, candidate model, feeds)."""
-    model, feeds = None, {}
+@dataclass(frozen=True)
+class Gathered:
+    """Samples to compare and what produced them."""
+
+    baseline: LatencySamples | None  # None: the stored baseline has no file yet (it is created)
+    candidate: LatencySamples
+    key: BaselineKey
+    paired: bool
+    model: Any = None  # the candidate ONNX (measured modes)
+    frames: Frames | None = None
+
+
+def _stored_entry(opts: RegressOptions, key: BaselineKey) -> LatencySamples | None:
+    if opts.baseline is None or (opts.update_baseline and not opts.baseline.exists()):
+        return None
+    return select_entry(load_entries(opts.baseline), key, opts.baseline).samples
+
+
+def gather(opts: RegressOptions) -> Gathered:
+    """Load or measure the samples; the stored baseline's entry is selected before measuring, so a
+    missing or mismatched entry costs no measurement."""
     if opts.profile is not None:
         doc = read_json(opts.profile, "profile")
         candidate = samples_from_json(doc, f"profile {opts.profile}")
         key = key_for_profile(doc, opts.profile, opts)
-    else:
-        onnx_path, frames = resolve_model(opts.onnx, opts.target)
-        model = load_cpu_model(onnx_path)
-        feeds = make_feeds(model, opts.inputs)
-        if opts.inputs is None and frames is not None:
-            feeds = {name: frames[0][name] for name in feeds if name in frames[0]} or feeds
-        key = key_for_onnx(onnx_path, feeds, opts)
-        if opts.baseline_onnx is not None:
-            base_model = load_cpu_model(resolve_model(opts.baseline_onnx, opts.target)[0])
-            got = measure_models({"baseline": base_model, "candidate": model}, feeds, opts.measure)
-            return got["baseline"], got["candidate"], key, True, model, feeds
-        candidate = measure_models({"candidate": model}, feeds, opts.measure)["candidate"]
-    if opts.baseline is None or (opts.update_baseline and not opts.baseline.exists()):
-        return None, candidate, key, False, model, feeds
-    entry = select_entry(load_entries(opts.baseline), key, opts.baseline)
-    return entry.samples, candidate, key, False, model, feeds
+        return Gathered(_stored_entry(opts, key), candidate, key, False)
+    onnx_path = resolve_model(opts.onnx, opts.target)
+    base_path = resolve_model(opts.baseline_onnx, opts.target) if opts.baseline_onnx is not None else None
+    model = load_cpu_model(onnx_path)
+    base_model = load_cpu_model(base_path) if base_path is not None else None
+    frames = resolve_frames(model, onnx_path, opts.inputs, base_path)
+    if base_model is not None:
+        check_fits(frames, base_model, base_path)
+    key = key_for_onnx(onnx_path, frames, opts)
+    if base_model is not None:
+        got = measure_models({"baseline": base_model, "candidate": model}, frames.feeds, opts.measure)
+        return Gathered(got["baseline"], got["candidate"], key, True, model, frames)
+    stored = _stored_entry(opts, key)
+    candidate = measure_models({"candidate": model}, frames.feeds, opts.measure)["candidate"]
+    return Gathered(stored, candidate, key, False, model, frames)
 
 
 def run_regress(opts: RegressOptions) -> RegressResult:
     _validate(opts)
-    baseline, candidate, key, paired, model, feeds = gather(opts)
+    got = gather(opts)
+    baseline, candidate, key, model = got.baseline, got.candidate, got.key, got.model
+    inputs = got.frames.source if got.frames is not None else ""
     if baseline is None:
         path = update_baseline(opts.baseline, key, candidate)
         return RegressResult(
@@ -258,11 +283,14 @@ def run_regress(opts: RegressOptions) -> RegressResult:
             (),
             {"baseline": path},
             f"baseline created: {path} ({key.describe()}, {len(candidate.total_ms)} runs)",
+            inputs,
         )
-    verdict = compare(baseline, candidate, opts.gate, paired=paired)
-    outputs = _accuracy(opts, model, feeds)
+    verdict = compare(baseline, candidate, opts.gate, paired=got.paired)
+    outputs = _accuracy(opts, model, got.frames.feeds[0] if got.frames is not None else {})
     metrics = tuple(check_metric(m.name, m.value, m.reference, m.tolerance) for m in opts.metrics)
-    md = report.markdown(verdict, baseline, candidate, list(outputs), list(metrics), title=key.describe())
+    md = report.markdown(
+        verdict, baseline, candidate, list(outputs), list(metrics), title=key.describe(), inputs=inputs
+    )
     png = report.distribution_png(baseline, candidate, verdict) if opts.plot else None
     reports = report.write_reports(
         opts.report_dir, md, report.junit_xml(verdict, list(outputs), list(metrics)), png
@@ -275,6 +303,8 @@ def run_regress(opts: RegressOptions) -> RegressResult:
             "pass": not failed,
             "key": key.to_json(),
             "mode": verdict.mode,
+            "statistic": report.statistic_label(verdict),
+            "inputs": inputs,
             "threshold": opts.gate.threshold,
             "confidence": opts.gate.confidence,
             "total": verdict.total.ci.to_json() if verdict.total.ci else None,
@@ -309,8 +339,8 @@ def run_regress(opts: RegressOptions) -> RegressResult:
     if opts.update_baseline and opts.baseline is not None:
         reports["baseline"] = update_baseline(opts.baseline, key, candidate)
         message += f"\nbaseline updated: {opts.baseline}"
-        return RegressResult(0, verdict, outputs, metrics, reports, message)
-    return RegressResult(1 if failed else 0, verdict, outputs, metrics, reports, message)
+        return RegressResult(0, verdict, outputs, metrics, reports, message, inputs)
+    return RegressResult(1 if failed else 0, verdict, outputs, metrics, reports, message, inputs)
 
 
 def _summary(
@@ -318,9 +348,11 @@ def _summary(
 ) -> str:
     ci = verdict.total.ci
     line = (
-        f"{'FAIL' if failed else 'PASS'}: total {ci.slowdown_pct:+.1f}% "
-        f"(CI {100 * (ci.low - 1):+.1f}%..{100 * (ci.high - 1):+.1f}%, threshold "
-        f"{100 * verdict.config.threshold:.1f}% at {100 * verdict.config.confidence:.0f}%, {verdict.mode})"
+        f"{'FAIL' if failed else 'PASS'}: total {ci.slowdown_pct:+.1f}% by {ci.statistic} "
+        f"(medians {ci.baseline_median_ms:.3f} -> {ci.candidate_median_ms:.3f} ms; "
+        f"CI {100 * (ci.low - 1):+.1f}%..{100 * (ci.high - 1):+.1f}%, threshold "
+        f"{100 * verdict.config.threshold:.1f}% at {100 * verdict.config.confidence:.0f}%, {verdict.mode}"
+        f"{'; ' + ci.explanation() if ci.explanation() else ''})"
     )
     culprits = verdict.culprits()
     if culprits:

@@ -24,7 +24,7 @@ DEFAULT_BOOTSTRAP = 2000
 
 @dataclass(frozen=True)
 class RatioCI:
-    """Ratio of medians (candidate / baseline) with its bootstrap confidence interval."""
+    """The median ratio candidate / baseline (``statistic`` says which one) with its bootstrap CI."""
 
     ratio: float
     low: float
@@ -36,12 +36,48 @@ class RatioCI:
     n_candidate: int
     normalized: bool  # divided by the reference workload's ratio (ratio of ratios)
     paired: bool  # resampled jointly (interleaved runs of equal count)
+    # Reference kernel's median in the candidate's run / in the baseline's (normalized only):
+    # how much the machine itself slowed down between (or during) the two measurements.
+    reference_drift: float | None = None
+    faster_pairs: int | None = None  # paired only: pairs in which the candidate was faster
+    slower_pairs: int | None = None  # paired only: pairs in which it was slower
 
     @property
     def slowdown_pct(self) -> float:
         return 100.0 * (self.ratio - 1.0)
 
-    def to_json(self) -> dict[str, float | int | bool]:
+    @property
+    def medians_ratio(self) -> float:
+        """Raw candidate median / baseline median, as the two medians in a report read."""
+        return self.candidate_median_ms / self.baseline_median_ms
+
+    @property
+    def statistic(self) -> str:
+        """What ``ratio`` is, in words (the label of the number the verdict uses)."""
+        if self.paired:
+            return "median of paired ratios" + (", ÷ reference kernel's" if self.normalized else "")
+        return "ratio of reference-normalised medians" if self.normalized else "ratio of medians"
+
+    def explanation(self) -> str:
+        """Why the statistic's sign disagrees with the raw medians' ("" when they agree), judged
+        as a report prints them (0.1 %, 0.001 ms): a hidden digit is no contradiction."""
+        shown = round(self.slowdown_pct, 1)
+        raw = round(self.candidate_median_ms, 3) - round(self.baseline_median_ms, 3)
+        if shown == 0 or raw == 0 or (shown > 0) == (raw > 0):
+            return ""
+        parts = []
+        if self.paired and self.faster_pairs is not None and self.slower_pairs is not None:
+            counts = f"faster in {self.faster_pairs}, slower in {self.slower_pairs} of {self.n_baseline}"
+            faster, higher = ("faster", "higher") if shown < 0 else ("slower", "lower")
+            parts.append(f"paired ratio: the candidate was {faster} in the typical interleaved pair "
+                         f"({counts}) although its median is {higher}")
+        if self.normalized and self.reference_drift is not None:
+            drift = 100.0 * (self.reference_drift - 1.0)
+            parts.append(f"normalised by the reference kernel's drift: the machine was {abs(drift):.1f}% "
+                         f"{'slower' if drift >= 0 else 'faster'} during the candidate's run")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, float | int | bool | str | None]:
         return {
             "ratio": self.ratio,
             "ci_low": self.low,
@@ -53,6 +89,12 @@ class RatioCI:
             "n_candidate": self.n_candidate,
             "normalized": self.normalized,
             "paired": self.paired,
+            "statistic": self.statistic,
+            "medians_ratio": self.medians_ratio,
+            "reference_drift": self.reference_drift,
+            "faster_pairs": self.faster_pairs,
+            "slower_pairs": self.slower_pairs,
+            "explanation": self.explanation(),
         }
 
 
@@ -103,6 +145,9 @@ def median_ratio_ci(
         raise ValueError("paired comparison needs equal sample counts")
 
     b_median_ms, c_median_ms = float(np.median(b)), float(np.median(c))
+    drift = float(np.median(rc) / np.median(rb)) if normalized else None
+    faster = int(np.sum(c < b)) if paired else None
+    slower = int(np.sum(c > b)) if paired else None
     rng = np.random.default_rng(seed)
     idx_b = rng.integers(0, b.size, size=(n_boot, b.size))
     if paired:
@@ -133,6 +178,9 @@ def median_ratio_ci(
         n_candidate=int(c.size),
         normalized=normalized,
         paired=paired,
+        reference_drift=drift,
+        faster_pairs=faster,
+        slower_pairs=slower,
     )
 
 

@@ -434,3 +434,163 @@ def test_regress_refuses_model_in_one_line(tmp_path, capsys):
     assert main(["regress", "--model", "x.onnx"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--onnx x.onnx" in err[0] and err[0].startswith("error: ")
+
+
+# --- realistic inputs: verify frames, synthetic preset frames, or --inputs; never one LiDAR point ---
+
+
+def preset_shaped_model(image_size: tuple[int, int] = (64, 176)) -> onnx.ModelProto:
+    """Inputs as a bevfusion-tiny graph (images [6,3,64,176], points [num_points,4]); cheap
+    reductions named by module, so attribution has camera, lidar and head."""
+    nodes = [
+        helper.make_node("ReduceSum", ["images"], ["cam"], name="/camera/pool/ReduceSum", keepdims=0),
+        helper.make_node("ReduceSum", ["points"], ["pts"], name="/lidar/pool/ReduceSum", keepdims=0),
+        helper.make_node("Add", ["cam", "pts"], ["y"], name="/head/add/Add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "preset_like",
+        [
+            helper.make_tensor_value_info("images", TensorProto.FLOAT, [6, 3, *image_size]),
+            helper.make_tensor_value_info("points", TensorProto.FLOAT, ["num_points", 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def polygraphy_feeds(*frames: dict[str, np.ndarray]) -> str:
+    """verify/inputs.json's layout: a list of {name: {"array": base64 of np.save, ...}}."""
+    import base64
+    import io
+
+    def encode(a: np.ndarray) -> dict:
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return {"array": base64.b64encode(buf.getvalue()).decode(), "polygraphy_class": "ndarray"}
+
+    return json.dumps([{k: encode(v) for k, v in f.items()} for f in frames])
+
+
+FAST = ["--runs", "6", "--warmup", "1", "--bootstrap", "100", "--threshold", "90", "--no-plot"]
+
+
+def test_a_preset_shaped_graph_is_measured_on_synthetic_frames_at_the_typical_point_count(tmp_path, capsys):
+    from sparsefuse.compiler.regress.inputs import resolve_frames
+
+    model = preset_shaped_model()
+    frames = resolve_frames(model, tmp_path / "a.onnx", None)
+    assert frames.source == "synthetic bevfusion-tiny frames at 10000 points (3 frames)"
+    assert [f["points"].shape for f in frames.feeds] == [(10000, 4)] * 3
+    assert frames.feeds[0]["images"].shape == (6, 3, 64, 176)
+    assert not np.array_equal(frames.feeds[0]["points"], frames.feeds[1]["points"])  # different scenes
+    onnx.save(model, str(tmp_path / "a.onnx"))
+    rd = tmp_path / "r"
+    args = ["regress", "--onnx", str(tmp_path / "a.onnx"), "--baseline-onnx", str(tmp_path / "a.onnx"), *FAST]
+    assert main([*args, "--report-dir", str(rd)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("inputs: synthetic bevfusion-tiny frames at 10000 points (3 frames)\n")
+    assert "- inputs: synthetic bevfusion-tiny frames at 10000 points" in (rd / "regress.md").read_text()
+    report = json.loads((rd / "regress.json").read_text())
+    assert report["key"]["input_shapes"] == {"images": [6, 3, 64, 176], "points": [10000, 4]}
+    # Every module is owned by name: no time lands in "other".
+    assert sorted(report["modules"]) == ["camera", "head", "lidar"]
+
+
+def test_a_dynamic_user_graph_without_frames_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    import sparsefuse.compiler.regress.run as run_module
+
+    model = preset_shaped_model(image_size=(32, 32))  # no preset has 32x32 images
+    onnx.save(model, str(tmp_path / "u.onnx"))
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured before refusing")
+
+    monkeypatch.setattr(run_module, "measure_models", no_measuring)
+    args = ["regress", "--onnx", str(tmp_path / "u.onnx"), "--baseline-onnx", str(tmp_path / "u.onnx"), *FAST]
+    assert main([*args, "--report-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "points['num_points', 4]" in err[0]
+    assert "--inputs FRAMES.npz" in err[0]
+    monkeypatch.undo()
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", images=rng.random((6, 3, 32, 32), np.float32),
+             points=rng.random((777, 4), np.float32))  # fmt: skip
+    capsys.readouterr()
+    assert main([*args, "--inputs", str(tmp_path / "f.npz"), "--report-dir", str(tmp_path / "r")]) == 0
+    assert f"inputs: --inputs file {tmp_path / 'f.npz'} (1 frame, points 777)" in capsys.readouterr().out
+
+
+def test_verify_frames_next_to_a_lowered_model_are_used(tmp_path, capsys):
+    """OUT/lowered/cpu.onnx with OUT/verify/frames/<i>_inputs.json (no inputs.json): all frames."""
+    from sparsefuse.compiler.regress.inputs import resolve_frames
+
+    out = tmp_path / "OUT"
+    (out / "lowered").mkdir(parents=True)
+    (out / "verify" / "frames").mkdir(parents=True)
+    model = preset_shaped_model()
+    onnx.save(model, str(out / "lowered" / "cpu.onnx"))
+    rng = np.random.default_rng(1)
+    for i, n in enumerate((8540, 5981)):
+        frame = {"images": rng.random((6, 3, 64, 176), np.float32), "points": rng.random((n, 4), np.float32)}
+        (out / "verify" / "frames" / f"{i}_inputs.json").write_text(polygraphy_feeds(frame))
+    frames = resolve_frames(model, out / "lowered" / "cpu.onnx", None)
+    assert frames.source == f"verify frames of {out} (2 frames, points 5981–8540)"
+    assert [f["points"].shape[0] for f in frames.feeds] == [8540, 5981]
+    assert dict(frames.key_shapes())["points@1"] == (5981, 4)
+    rd = tmp_path / "r"
+    lowered = str(out / "lowered" / "cpu.onnx")
+    args = ["regress", "--onnx", lowered, "--baseline-onnx", lowered, *FAST, "--report-dir", str(rd)]
+    assert main(args) == 0
+    assert f"inputs: verify frames of {out} (2 frames, points 5981–8540)" in capsys.readouterr().out
+
+
+def test_a_stored_baseline_is_checked_before_measuring(tmp_path, capsys, monkeypatch):
+    import sparsefuse.compiler.regress.run as run_module
+
+    onnx.save(conv_model(), str(tmp_path / "m.onnx"))
+    monkeypatch.setattr(run_module, "measure_models", lambda *a, **k: pytest.fail("measured"))
+    args = ["regress", "--onnx", str(tmp_path / "m.onnx"), "--baseline"]
+    assert main([*args, str(tmp_path / "none.json")]) == 2
+    assert "baseline" in (err := capsys.readouterr().err) and "does not exist" in err
+    base = tmp_path / "base.json"
+    key = BaselineKey("other-model", "cpu", "onnxruntime", "1.0", "fp32", (("x", (1, 8, 16, 16)),))
+    update_baseline(base, key, samples_from_json(profile_doc(10.0, 0), "p"))
+    assert main([*args, str(base)]) == 2
+    assert "has no entry for this measurement" in capsys.readouterr().err
+
+
+def test_torch_module_paths_attribute_dynamo_named_nodes():
+    """dynamo names nodes "node_conv2d_3"; the module path is in the node metadata."""
+    from sparsefuse.compiler.regress.modules import OTHER, ModuleMap
+
+    def node(name, scopes, op="Relu", outputs=None):
+        n = helper.make_node(op, ["a"], outputs or [f"{name}_out"], name=name)
+        if scopes is not None:
+            n.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=repr(scopes))
+        return n
+
+    nodes = [
+        node("node_conv2d", ["", "camera", "camera.backbone", "conv2d"], outputs=["conv2d"]),
+        node("node_voxelize__2", ["", "lidar", "voxelize"], op="Voxelize"),
+        node("node_sparse_conv3d__2", ["", "lidar", "lidar.encoder", "sparse_conv3d"], op="SparseConv3d"),
+        node("node_cat", ["", "cat"]),  # top level: no module owns it
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    mm = ModuleMap(model)
+    assert mm.by_node == {
+        "node_conv2d": "camera",
+        "node_voxelize__2": "lidar",
+        "node_sparse_conv3d__2": "lidar",
+    }
+    assert ModuleMap(model, depth=2).by_node["node_conv2d"] == "camera/backbone"
+    assert mm.module_of("conv2d_nchwc_kernel_time") == "camera"  # NCHWc node named after its output
+    inlined = "_inlfunc_SparseConv3d__site2_node_sparse_conv3d__2/Gather_401_kernel_time"
+    assert mm.module_of(inlined) == "lidar"  # a custom op's body, inlined by ORT
+    assert mm.module_of("node_conv2d/FusedConv_kernel_time") == "camera"
+    assert mm.module_of("node_cat_kernel_time") == OTHER
+    # The BEVFusion split still sees Voxelize after prepare_for_profiling renamed its op type.
+    nodes[1].op_type = "Voxelize__site1"
+    assert ModuleMap(model, scheme="bevfusion").by_node["node_voxelize__2"] == "voxelize"

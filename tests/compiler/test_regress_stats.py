@@ -138,3 +138,78 @@ def test_module_absent_on_one_side_is_reported_not_compared():
     verdict = compare(a, b)
     new = next(m for m in verdict.modules if m.name == "new_block")
     assert new.ci is None and new.note == "absent in baseline" and not new.regressed
+
+
+# --- the report shows the statistic the verdict uses, and explains a sign the medians contradict ---
+
+# Per pair the candidate is 5% faster in 7 of 9 pairs, yet its median is higher (11.4 vs 10.0 ms):
+# the median of paired ratios (-5%) and the ratio of medians (+14%) disagree in sign.
+PAIRED_B = [10.0] * 5 + [12.0] * 4
+PAIRED_C = [9.5, 9.5, 9.5, 13.0, 13.0, 11.4, 11.4, 11.4, 11.4]
+
+
+def row(md: str, part: str) -> str:
+    (line,) = [line for line in md.splitlines() if line.startswith(f"| {part} |")]
+    return line
+
+
+def test_paired_ratio_against_the_medians_is_explained_in_its_row():
+    from sparsefuse.compiler.regress.report import junit_xml, markdown
+
+    consistent = [x * 1.1 for x in PAIRED_B]  # 10% slower in every pair and in the median
+    base = samples(PAIRED_B, {"camera": PAIRED_B, "lidar": PAIRED_B})
+    cand = samples(PAIRED_C, {"camera": PAIRED_C, "lidar": consistent})
+    verdict = compare(base, cand, GateConfig(n_boot=200), paired=True)
+    ci = verdict.total.ci
+    assert ci.ratio == pytest.approx(0.95) and ci.medians_ratio == pytest.approx(1.14)
+    assert (ci.faster_pairs, ci.slower_pairs) == (7, 2)
+    md = markdown(verdict, base, cand)
+    header = next(line for line in md.splitlines() if line.startswith("| part |"))
+    assert "| change (median of paired ratios) | 95% CI |" in header
+    total = row(md, "total")
+    assert total.startswith("| total | 10.000 | 11.400 | -5.0% |")
+    assert (
+        "paired ratio: the candidate was faster in the typical interleaved pair (faster in 7, slower in 2 "
+        "of 9) although its median is higher" in total
+    )
+    assert "paired ratio" in row(md, "camera")
+    lidar = row(md, "lidar")  # consistent: +10% with a higher median, nothing to explain
+    assert lidar.startswith("| lidar | 10.000 | 11.000 | +10.0% |") and "paired ratio" not in lidar
+    assert "although" not in lidar
+    junit = junit_xml(verdict)
+    assert "change -5.0% (median of paired ratios)" in junit and "although its median is higher" in junit
+
+
+def test_consistent_paired_rows_have_no_explanation():
+    from sparsefuse.compiler.regress.report import markdown
+
+    base = samples(PAIRED_B, {"camera": PAIRED_B})
+    cand = samples(PAIRED_C[:3] + PAIRED_C[5:] + [9.0, 9.0], {"camera": [x * 0.9 for x in PAIRED_B]})
+    verdict = compare(base, cand, GateConfig(n_boot=200), paired=True)
+    md = markdown(verdict, base, cand)
+    assert verdict.total.ci.explanation() == "" and "although" not in md and "drift" not in md
+
+
+def test_reference_normalised_change_against_the_medians_is_explained():
+    from sparsefuse.compiler.regress.report import markdown
+
+    rng = np.random.default_rng(7)
+    b, rb = 100.0 * np.exp(rng.normal(0, 0.005, 60)), np.full(60, 1.0)
+    # The machine slowed by 6%, the model by only 4%: raw medians rise, the normalised change is -1.9%.
+    c, rc = 104.0 * np.exp(rng.normal(0, 0.005, 60)), np.full(60, 1.06)
+    base, cand = samples(b, {}, ref=rb), samples(c, {}, ref=rc)
+    verdict = compare(base, cand, GateConfig(n_boot=200))
+    assert verdict.mode == "reference-normalized"
+    ci = verdict.total.ci
+    assert ci.candidate_median_ms > ci.baseline_median_ms and ci.ratio == pytest.approx(104 / 106, abs=0.005)
+    md = markdown(verdict, base, cand)
+    assert "| change (ratio of reference-normalised medians) |" in md
+    total = row(md, "total")
+    assert f"| {ci.baseline_median_ms:.3f} | {ci.candidate_median_ms:.3f} | -1.9% |" in total
+    drift = "normalised by the reference kernel's drift: the machine was 6.0% slower during the candidate's"
+    assert drift in total
+    assert "The reference kernel ran 6.0% slower during the candidate's run" in md
+    # Same drift, model slowed alike: nothing contradicts, nothing to explain in the row.
+    same = samples(c * 1.06 / 1.04, {}, ref=rc)
+    same_md = markdown(compare(base, same, GateConfig(n_boot=200)), base, same)
+    assert "normalised by" not in row(same_md, "total")
