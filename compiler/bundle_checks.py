@@ -9,6 +9,7 @@ path verify opens is a file listed (and hashed) in the manifest, strictly inside
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -25,7 +26,6 @@ from sparsefuse.compiler.bundle import (
     CONTROL_FILES,
     DAMAGED,
     MANIFEST,
-    MAX_JSON_BYTES,
     BundleError,
     read_bounded,
     strict_json,
@@ -187,6 +187,15 @@ def check_paths(root: Path, manifest: Mapping[str, Any]) -> None:
         member_path(root, manifest, f"golden/outputs_{i}.npz", f"golden frame {i}")
 
 
+def read_member(root: Path, manifest: Mapping[str, Any], rel: str, limit: int) -> bytes:
+    """The bytes of listed file ``rel``, hashed as they are used: a file swapped after the
+    integrity check is still caught."""
+    data = read_bounded(_inside(root, rel, "file"), limit, rel)
+    if hashlib.sha256(data).hexdigest() != manifest["files"][rel]["sha256"]:
+        raise BundleError(f"modified: {rel} (changed while it was being verified)", "verify it again")
+    return data
+
+
 # --- golden data ---------------------------------------------------------------------------------
 
 
@@ -223,10 +232,10 @@ def _zip_infos(archive: zipfile.ZipFile, what: str) -> list[zipfile.ZipInfo]:
     return infos
 
 
-def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+def read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
     """An .npz of numeric arrays, read with every size bounded and no pickle."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             arrays = {}
             for info in _zip_infos(archive, what):
                 with archive.open(info) as member:
@@ -254,10 +263,10 @@ def _tolerance(entry: Any) -> bool:
     )
 
 
-def read_tolerances(path: Path) -> dict[str, dict[str, Any]]:
+def read_tolerances(data: bytes) -> dict[str, dict[str, Any]]:
     """golden/tolerances.json's fp32 table {output: {rtol_of_max, atol, exact}}, checked."""
     what = "golden/tolerances.json"
-    doc = strict_json(read_bounded(path, MAX_JSON_BYTES, what), what)
+    doc = strict_json(data, what)
     table = doc.get("fp32") if isinstance(doc, dict) else None
     if not isinstance(table, dict) or not all(_tolerance(v) for v in table.values()):
         raise SparsefuseError(f"{what} has no fp32 table of {{rtol_of_max >= 0, atol >= 0, exact}}", DAMAGED)
@@ -314,7 +323,7 @@ _ORT_TYPES = {
 # --- models --------------------------------------------------------------------------------------
 
 
-def load_model(path: Path, rel: str) -> Any:
+def load_model(root: Path, manifest: Mapping[str, Any], rel: str) -> Any:
     """The bundle's ONNX model from its bytes (never by path, so nothing else is opened); models
     that keep tensors in external files are refused: bundles carry self-contained models."""
     import onnx
@@ -325,7 +334,7 @@ def load_model(path: Path, rel: str) -> Any:
         uses_external_data,
     )
 
-    data = read_bounded(path, MAX_MODEL_BYTES, rel)
+    data = read_member(root, manifest, rel, MAX_MODEL_BYTES)
     try:
         model = onnx.load_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:

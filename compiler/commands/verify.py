@@ -131,8 +131,8 @@ def _golden_frames(root: Path, manifest: dict[str, Any]) -> list[tuple[dict, dic
 
     return [
         tuple(
-            checks.read_npz(root / f"golden/{kind}_{i}.npz", f"golden/{kind}_{i}.npz")
-            for kind in ("inputs", "outputs")
+            checks.read_npz(checks.read_member(root, manifest, rel, checks.MAX_NPZ_BYTES), rel)
+            for rel in (f"golden/inputs_{i}.npz", f"golden/outputs_{i}.npz")
         )
         for i in range(manifest["golden_frames"])
     ]
@@ -173,16 +173,20 @@ def golden_run(root: Path, manifest: dict[str, Any], model: Any) -> list[str]:
     """Run every golden frame through ORT CPU: the lowered model, and for ONNX Runtime targets
     also the backend's optimized model that ships. Returns failure lines (empty: all pass)."""
     from sparsefuse.compiler import bundle_checks as checks
+    from sparsefuse.compiler.bundle import MAX_JSON_BYTES
     from sparsefuse.compiler.regress.accuracy import tolerance_from_json
 
     tolerances = {
-        k: tolerance_from_json(v) for k, v in checks.read_tolerances(root / "golden/tolerances.json").items()
+        k: tolerance_from_json(v)
+        for k, v in checks.read_tolerances(
+            checks.read_member(root, manifest, "golden/tolerances.json", MAX_JSON_BYTES)
+        ).items()
     }
     frames = _golden_frames(root, manifest)
     models = [(manifest["model"], model, False)]
     if manifest["target_info"]["backend"] == "onnxruntime":
         models += [
-            (rel, checks.load_model(root / rel, rel), True)
+            (rel, checks.load_model(root, manifest, rel), True)
             for rel in manifest["engine_files"]
             if rel.endswith(".onnx")
         ]
@@ -236,7 +240,7 @@ def verify_bundle(
         bundle.check_integrity(root, manifest)
         print(f"integrity: ok ({len(manifest['files'])} files, target {manifest['target']})")
         print(signature)
-        model = checks.load_model(root / manifest["model"], manifest["model"])
+        model = checks.load_model(root, manifest, manifest["model"])
         notes, problems = compatibility(model, manifest)
         for line in notes:
             print(f"compatibility: {line}")

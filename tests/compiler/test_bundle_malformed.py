@@ -9,6 +9,7 @@ bundle opened or run (a passing copy is planted next to it), and nothing written
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -156,12 +157,19 @@ def make_case(pristine: Path, root: Path) -> Case:
     shutil.copytree(pristine, root / "bundle")
     outside = root / "outside"
     (outside / "lowered").mkdir(parents=True)
-    model = onnx.load(str(pristine / MODEL))
-    model.doc_string = "planted outside the bundle: same outputs, other bytes"
+    evil = _planted(pristine)
     for path in (outside / "evil.onnx", outside / "lowered" / "cpu.onnx"):
-        onnx.save(model, str(path))
+        path.write_bytes(evil)
     (root / "tmp").mkdir()
-    return Case(root, root / "bundle", outside, sha256_file(outside / "evil.onnx"))
+    return Case(root, root / "bundle", outside, hashlib.sha256(evil).hexdigest())
+
+
+@functools.cache
+def _planted(pristine: Path) -> bytes:
+    """The bundle's model with another doc string: the same outputs (it would pass), other bytes."""
+    model = onnx.load(str(pristine / MODEL))
+    model.doc_string = "planted outside the bundle"
+    return model.SerializeToString()
 
 
 # --- mutations ----------------------------------------------------------------------------------
