@@ -5,6 +5,8 @@ Three ways to get the candidate and baseline samples:
 - ``--onnx M.onnx --baseline B.json``: measure now (with the reference kernel), compare with the
   stored entry as a ratio of ratios;
 - ``--onnx NEW.onnx --baseline-onnx OLD.onnx``: measure both now, interleaved, paired bootstrap.
+Measured modes feed the frames ``inputs.resolve_frames`` picks (verify frames, synthetic preset
+frames or ``--inputs``) and say which.
 Exit codes: 0 pass, 1 regression (latency or accuracy), 2 usage or error (SparsefuseError).
 """
 
