@@ -163,6 +163,9 @@ def test_bundle_for_orin_verifies_and_runs_on_cpu(out_dir, tmp_path, capsys):
     assert [n.op_type for n in model.graph.node if n.domain == "sparsefuse"] == ["ScatterDense"]
     assert len(model.functions) == 0
     assert json.loads((dest / "latency" / "profile.json").read_text())["label"] == "estimated"
+    readme = (dest / "README.md").read_text()
+    assert "--allow-unverified-signature" in readme and "Only a signed bundle" in readme
+    assert "DESIGN.md" not in readme  # the integrator has only the bundle
     assert json.loads((dest / "latency" / "budget.json").read_text())["budget_ms"] == 40.0
     with np.load(dest / "golden" / "outputs_1.npz") as data:
         with np.load(dest / "golden" / "inputs_1.npz") as inputs:
