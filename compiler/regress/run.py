@@ -244,7 +244,10 @@ class Gathered:
 def _stored_entry(opts: RegressOptions, key: BaselineKey) -> LatencySamples | None:
     if opts.baseline is None or (opts.update_baseline and not opts.baseline.exists()):
         return None
-    return select_entry(load_entries(opts.baseline), key, opts.baseline).samples
+    entries = load_entries(opts.baseline)
+    if opts.update_baseline and all(e.key != key for e in entries):
+        return None  # a new key for an existing file: recorded, there is nothing to compare with yet
+    return select_entry(entries, key, opts.baseline).samples
 
 
 def gather(opts: RegressOptions) -> Gathered:
@@ -284,7 +287,7 @@ def run_regress(opts: RegressOptions) -> RegressResult:
             (),
             (),
             {"baseline": path},
-            f"baseline created: {path} ({key.describe()}, {len(candidate.total_ms)} runs)",
+            f"baseline recorded: {path} ({key.describe()}, {len(candidate.total_ms)} runs)",
             inputs,
         )
     verdict = compare(baseline, candidate, opts.gate, paired=got.paired)

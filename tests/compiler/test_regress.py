@@ -560,6 +560,11 @@ def test_a_stored_baseline_is_checked_before_measuring(tmp_path, capsys, monkeyp
     update_baseline(base, key, samples_from_json(profile_doc(10.0, 0), "p"))
     assert main([*args, str(base)]) == 2
     assert "has no entry for this measurement" in capsys.readouterr().err
+    # --update-baseline adds the new key's entry beside the other one.
+    monkeypatch.undo()
+    fast = ["--runs", "5", "--warmup", "1", "--model-hash", "toy", "--report-dir", str(tmp_path / "r")]
+    assert main([*args, str(base), *fast, "--update-baseline"]) == 0
+    assert sorted(e.key.model_hash for e in load_entries(base)) == ["other-model", "toy"]
 
 
 def test_torch_module_paths_attribute_dynamo_named_nodes():
