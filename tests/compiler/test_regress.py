@@ -599,3 +599,31 @@ def test_torch_module_paths_attribute_dynamo_named_nodes():
     # The BEVFusion split still sees Voxelize after prepare_for_profiling renamed its op type.
     nodes[1].op_type = "Voxelize__site1"
     assert ModuleMap(model, scheme="bevfusion").by_node["node_voxelize__2"] == "voxelize"
+
+
+def test_stored_baseline_report_labels_the_normalised_change_and_explains_the_drift(tmp_path, capsys):
+    """Stored mode: the machine slowed 6%, the model 4%: medians rise, the gated change is -1.9%."""
+    base_doc = profile_doc(10.0, 0, n=60)
+    base_doc["reference_samples_ms"] = [1.0] * 60
+    cand_doc = profile_doc(10.0, 0, n=60)
+    cand_doc["samples_ms"] = [1.04 * x for x in cand_doc["samples_ms"]]
+    cand_doc["reference_samples_ms"] = [1.06] * 60
+    base = tmp_path / "base.json"
+    assert main(["regress", "--profile", str(write(tmp_path / "a.json", base_doc)), "--baseline", str(base),
+                 "--update-baseline"]) == 0  # fmt: skip
+    rd = tmp_path / "r"
+    args = ["regress", "--profile", str(write(tmp_path / "b.json", cand_doc)), "--baseline", str(base),
+            "--report-dir", str(rd), "--bootstrap", "200", "--no-plot"]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "total -1.9% by ratio of reference-normalised medians" in out
+    assert "the machine was 6.0% slower during the candidate's run" in out
+    md = (rd / "regress.md").read_text().splitlines()
+    total = next(line for line in md if line.startswith("| total |"))
+    b_med, c_med = np.median(base_doc["samples_ms"]), np.median(cand_doc["samples_ms"])
+    assert total.startswith(f"| total | {b_med:.3f} | {c_med:.3f} | -1.9% |") and "6.0% slower" in total
+    report = json.loads((rd / "regress.json").read_text())
+    assert report["statistic"] == "ratio of reference-normalised medians"
+    assert report["total"]["medians_ratio"] == pytest.approx(1.04)
+    assert "6.0% slower" in report["total"]["explanation"]
