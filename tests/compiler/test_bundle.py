@@ -210,3 +210,30 @@ def test_extraction_never_writes_outside_the_destination(tmp_path_factory, parts
     assert not unsafe
     written = [p for p in tmp.rglob("*") if p.is_file() and p.name != "t.tar.gz"]
     assert written == [dest / canonical] and (dest / canonical).read_bytes() == b"payload"
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.5, -4, -1])
+def test_a_truncated_archive_is_damaged_not_unsafe_and_leaves_nothing(tmp_path, cut):
+    data = bundle.tar_gz_bytes(make_tree(tmp_path / "b"))
+    archive = tmp_path / "t.tar.gz"
+    archive.write_bytes(data[: int(len(data) * cut)] if cut > 0 else data[:cut])
+    with pytest.raises(bundle.SparsefuseError, match="as a bundle archive|truncated|damaged header") as err:
+        bundle.safe_extract(archive, tmp_path / "dest")
+    assert not isinstance(err.value, BundleError)
+    assert not (tmp_path / "dest").exists() or not any(p.is_file() for p in (tmp_path / "dest").rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (b'{"a": NaN}', "NaN is not a JSON number"),
+        (b'{"a": -Infinity}', "-Infinity is not a JSON number"),
+        (b'{"a": 1e999}', "overflows"),
+        (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
+        (b'{"a": "\xff"}', "not UTF-8"),
+    ],
+)
+def test_strict_json_refuses_what_json_loads_lets_through(text, words):
+    with pytest.raises(bundle.SparsefuseError, match=words):
+        bundle.strict_json(text, "x.json")
+    assert bundle.strict_json(b'{"a": [1, 2.5, null]}', "x.json") == {"a": [1, 2.5, None]}
