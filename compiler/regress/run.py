@@ -221,6 +221,10 @@ def resolve_model(path: Path, target: str | None) -> Path:
     if record is None:
         raise SparsefuseError(f"{path} is a folder but not a compile directory", "pass an ONNX file or OUT")
     tag = target or record.get("config", {}).get("target") or "cpu"
+    if str(tag).endswith(".toml"):  # a compile for a user target TOML: its files go by the TOML's tag
+        from sparsefuse.targets.registry import get_target
+
+        tag = get_target(tag).tag
     onnx_path = path / lowered_rel(tag)
     if not onnx_path.is_file():
         raise SparsefuseError(
