@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sparsefuse.errors import SparsefuseError
 
 if TYPE_CHECKING:
+    from sparsefuse.passes.precision.config import PrecisionConfig
     from sparsefuse.passes.sparsity.config import SparsityConfig
 
 MAX_VERIFY_FRAMES = 64
@@ -24,7 +25,8 @@ class CompileConfig:
     only; None = the preset's built-in rig); seed: a preset's initial weights and export frame;
     verify_frames: frames checked; weights: safetensors (or, for a user model, a weights-only
     .pth) checkpoint (None = the model's own init); sparsity: the sparsity stage's options (None =
-    no sparsity stage); frames: a user model's frames folder (one .npz per frame)."""
+    no sparsity stage); frames: a user model's frames folder (one .npz per frame); precision: the
+    precision stage's options (None = fp32, no precision stage)."""
 
     model: str
     target: str
@@ -35,6 +37,7 @@ class CompileConfig:
     weights: Path | None = None
     sparsity: SparsityConfig | None = None
     frames: Path | None = None
+    precision: PrecisionConfig | None = None
 
     @property
     def is_preset(self) -> bool:
@@ -48,6 +51,8 @@ class CompileConfig:
         data["rig"] = self.rig.as_posix() if self.rig else None
         data["weights"] = self.weights.as_posix() if self.weights else None
         data["frames"] = self.frames.as_posix() if self.frames else None
+        if self.precision is None:  # fp32: the same config (and cache keys) as before the stage existed
+            del data["precision"]
         return data  # asdict turned sparsity into a plain dict (or None)
 
     def key_dict(self) -> dict[str, Any]:
@@ -66,17 +71,24 @@ class CompileConfig:
         """The fields that change the sparsity stage: the torch model and the sparsity options."""
         return {**self.model_key_dict(), "sparsity": self.to_dict()["sparsity"]}
 
+    def precision_key_dict(self) -> dict[str, Any]:
+        """The fields that change the precision stage: the model (its calibration frames) and the
+        precision options."""
+        return {**self.model_key_dict(), "precision": self.to_dict().get("precision")}
+
 
 def make_config(
     model: str, target: str, out: str | os.PathLike[str], rig: str | os.PathLike[str] | None = None,
     seed: int = 0, verify_frames: int = 3, weights: str | os.PathLike[str] | None = None,
     sparsity: str | None = None, frames: str | os.PathLike[str] | None = None, python_model: bool = False,
+    precision: str = "fp32", calibrator: str | None = None, calib_frames: int | None = None,
 ) -> CompileConfig:
     """Validate every field; a bad one raises SparsefuseError naming it and what is allowed.
     ``sparsity``: a spec ``"budget=params=0.5,allocator=rdprune,calib=4"`` or a JSON / TOML file
     with the same keys. ``python_model``: ``model`` is only a label (the API was given an object)."""
     preset = False if python_model else _check_model(model)
     target = _check_target(target)
+    precision_config = _check_precision(precision, calibrator, calib_frames, target)
     sparsity_config = _check_sparsity(sparsity) if sparsity is not None else None
     if rig is not None and not preset:
         raise SparsefuseError("--rig applies to the built-in presets only",
@@ -99,7 +111,28 @@ def make_config(
         )
     out_path = _check_out(Path(out))
     return CompileConfig(model, target, out_path, rig_path, seed, verify_frames, weights_path,
-                         sparsity_config, frames_path)
+                         sparsity_config, frames_path, precision_config)
+
+
+def _check_precision(precision: str, calibrator: str | None, calib_frames: int | None,
+                     target: str) -> PrecisionConfig | None:
+    """None for fp32 (no precision stage); the target must be able to run the precision."""
+    from sparsefuse.passes.precision.config import (
+        DEFAULT_CALIB_FRAMES,
+        check_target_precision,
+        make_precision_config,
+    )
+    from sparsefuse.targets.registry import get_target
+
+    config = make_precision_config(precision, calibrator,
+                                   DEFAULT_CALIB_FRAMES if calib_frames is None else calib_frames)
+    if config.precision == "fp32":
+        if calib_frames is not None:
+            raise SparsefuseError("--calib-frames applies to --precision fp16 / int8",
+                                  "drop --calib-frames, or pass --precision fp16 or int8")
+        return None
+    check_target_precision(config.precision, get_target(target))
+    return config
 
 
 def _check_model(name: str) -> bool:

@@ -1,5 +1,5 @@
-"""The compile pipeline: export -> [sparsity] -> passes -> lower -> build -> verify -> profile ->
-report, top to bottom in :func:`compile_model`. Each stage reads the previous stage's artifact
+"""The compile pipeline: export -> [sparsity] -> passes -> [precision] -> lower -> build -> verify ->
+profile -> report, top to bottom in :func:`compile_model`. Each stage reads the previous stage's artifact
 from OUT and writes its own (docs/design.md §3); a new stage is one more ``run.run(...)`` line in that
 function plus a small ``_stage`` function below it.
 
@@ -40,6 +40,9 @@ SPARSITY_DIR = "sparsity"
 SPARSITY_ONNX = "sparsity/model.onnx"
 PLAN_JSON = "sparsity/plan.json"
 PASSES_ONNX = "passes/model.onnx"
+PRECISION_DIR = "precision"
+PRECISION_ONNX = "precision/model.onnx"
+PRECISION_REPORT = "precision/report.json"
 VERIFY_FILES = ("verify.json", "verify/inputs.json", "verify/golden.json", "verify/frames")
 RUNNABLE_ONNX = "verify/lowered_with_functions.onnx"  # what ORT runs for a tensorrt target
 PROFILE_FILES = ("profile.json", "profile.png")
@@ -71,6 +74,10 @@ def compile_model(
     progress = progress or NullProgress()
     run = StageRunner(out, tool_versions(), progress)
     torch_side = TorchSide(config, source)
+    if config.precision is not None:  # cheap, before any stage: bad calibration frames are refused now
+        from sparsefuse.passes.precision.capture import check_finite
+
+        check_finite(torch_side.precision_frames())
     inputs = input_hashes(config, torch_side)
     target_cfg = {"target": target.tag, "backend": target.backend}
     frames_cfg = {**target_cfg, **config.model_key_dict(), "profile_frames": PROFILE_FRAMES}
@@ -86,8 +93,14 @@ def compile_model(
         torch_side.plan = out / PLAN_JSON  # verify against the PRUNED model from here on
     passes = run.run("passes", graph_stage.outputs, {}, [PASSES_ONNX],
                      lambda: _passes(out, graph, PASSES_ONNX, progress))
-    lower = run.run("lower", passes.outputs, target_cfg, [lowered],
-                    lambda: _lower(out, PASSES_ONNX, lowered, target.backend, progress))
+    typed, typed_stage = PASSES_ONNX, passes
+    if config.precision is not None:  # fp32 (None) is today's graph: no stage, no artifact
+        typed_stage = run.run("precision", {**inputs, **passes.outputs},
+                              {**config.precision_key_dict(), **target_cfg}, [PRECISION_DIR],
+                              lambda: _precision(torch_side, out, config, target.backend, progress))
+        typed = PRECISION_ONNX
+    lower = run.run("lower", typed_stage.outputs, target_cfg, [lowered],
+                    lambda: _lower(out, typed, lowered, target.backend, progress))
     build = run.run("build", lower.outputs, frames_cfg, [engine],
                     lambda: _build(torch_side, out, lowered, engine, target))
     verify = run.run("verify", {**lower.outputs, **build.outputs}, config.key_dict(), verify_files,
@@ -229,6 +242,13 @@ class TorchSide:
         return [{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in f.items()}
                 for f in self.source.frames.calibration_frames(count)]
 
+    def precision_frames(self) -> list[dict[str, np.ndarray]]:
+        """The precision stage's calibration frames (the spec's inputs only)."""
+        count = self.config.precision.calib_frames if self.config.precision else 0
+        names = self.spec.input_names
+        return [{k: np.ascontiguousarray(f[k]) for k in names}
+                for f in self.source.frames.calibration_frames(count)]
+
     def profile_frames(self) -> list[dict[str, np.ndarray]]:
         """The profile stage's frames (also sizing TensorRT's optimization profile)."""
         return [frame for _, frame in self.verify_frames(PROFILE_FRAMES)]
@@ -302,6 +322,24 @@ def _passes(out: Path, src: str, dst: str, progress: Progress) -> dict[str, Any]
     return {"passes": [r.to_dict() for r in records]}
 
 
+def _precision(torch_side: TorchSide, out: Path, config: CompileConfig, backend: str,
+               progress: Progress) -> dict[str, Any]:
+    """OUT/precision/: the FP16 / INT8 graph (model.onnx), report.json (decisions, reasons, end-to-end
+    error on the calibration frames, verify tolerances) and, for int8, scales.json."""
+    from sparsefuse.passes.precision.stage import run_precision_stage
+
+    result = run_precision_stage(onnx.load(out / PASSES_ONNX), config.precision,
+                                 torch_side.precision_frames(), backend, progress.log)
+    with atomic_dir(out / PRECISION_DIR) as tmp:
+        write_bytes(tmp / Path(PRECISION_ONNX).name, result.model.SerializeToString())
+        write_json(tmp / Path(PRECISION_REPORT).name, result.report)
+        if result.scales:
+            write_json(tmp / "scales.json", result.scales)
+    return {"precision": config.precision.precision, "calibration_error": result.report["calibration_error"],
+            "islands": len(result.report.get("islands", [])),
+            "kept_float": len(result.report.get("kept_float", {}))}
+
+
 def _lower(out: Path, src: str, lowered: str, backend: str, progress: Progress) -> dict[str, Any]:
     from sparsefuse.passes.lower import lower
     from sparsefuse.passes.manager import Pass, PassContext, run_passes
@@ -332,10 +370,12 @@ def _build(torch_side: TorchSide, out: Path, lowered: str, engine: str, target: 
 
 def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, target: Any,
             count: int) -> dict[str, Any]:
-    from sparsefuse.compiler.verify import verify
+    from sparsefuse.compiler.verify import tolerances_for, verify
 
     checked, model = _what_verify_runs(out, lowered, engine, target)
     pairs = torch_side.verify_frames(count)
+    precision_report = out / PRECISION_REPORT if torch_side.config.precision is not None else None
+    tol, rule = tolerances_for(precision_report)
     report = verify(
         functools.partial(engine_session, out / engine, out / model),
         torch_side.forward,
@@ -343,6 +383,8 @@ def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, target:
         [info for info, _ in pairs],
         out,
         model,
+        tol,
+        rule,
     )
     reference = ("the PRUNED PyTorch model (sparsity/plan.json applied)" if torch_side.plan
                  else "the PyTorch model" if torch_side.source.is_preset

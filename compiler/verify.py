@@ -7,7 +7,9 @@
   verify.json carries the exact ``polygraphy run`` command that reproduces the comparison (and
   can be shrunk with ``polygraphy debug reduce``).
 
-Tolerances (docs/tolerances.md): float32 max|a-b| <= 1e-4*max|ref| + 1e-5; integers exact.
+Tolerances (docs/tolerances.md): float32 max|a-b| <= 1e-4*max|ref| + 1e-5; integers exact; an FP16
+graph the float16 rule; an INT8 (Q/DQ) graph a per-output bound derived from its calibrated scales
+(OUT/precision/report.json, :func:`tolerances_for`).
 ``max_rel`` is max|a-b| / max|ref| (normalised by the reference's range, not per element,
 so it stays meaningful where ref crosses zero).
 """
@@ -45,6 +47,24 @@ class Tolerance:
 
 FP32 = Tolerance(1e-4, 1e-5)
 FP16 = Tolerance(1e-2, 1e-3)
+FP32_RULE = {"float32": "max|a-b| <= 1e-4*max|ref| + 1e-5", "integer": "exact",
+             "max_rel": "max|a-b| / max|ref|"}
+Tolerances = Tolerance | Mapping[str, Tolerance]
+
+
+def tolerances_for(precision_report: Path | None) -> tuple[Tolerances, dict[str, Any]]:
+    """(tolerance per output, the rule verify.json records) for a graph of the precision stage's
+    report (None: the FP32 graph, the float32 rule)."""
+    import json
+
+    if precision_report is None:
+        return FP32, {**FP32_RULE, "applied": "float32"}
+    report = json.loads(Path(precision_report).read_text())
+    tols = {name: Tolerance(float(t["rel"]), float(t["abs"])) for name, t in report["tolerance"].items()}
+    rules = {name: t["rule"] for name, t in report["tolerance"].items()}
+    return tols, {**FP32_RULE, "applied": report["precision"], "per_output": rules,
+                  "bounds": {n: {"rel": t.rel, "abs": t.abs} for n, t in tols.items()},
+                  "derivation": "docs/tolerances.md"}
 
 
 @dataclass(frozen=True)
@@ -85,13 +105,13 @@ class VerifyReport:
     passed: bool
     polygraphy_passed: bool
     polygraphy_command: str
+    rule: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "pass": self.passed, "frames": self.frames,
                 "polygraphy": {"pass": self.polygraphy_passed, "command": self.polygraphy_command,
                                "run_from": "the artifact directory (OUT)"},
-                "rule": {"float32": "max|a-b| <= 1e-4*max|ref| + 1e-5", "integer": "exact",
-                         "max_rel": "max|a-b| / max|ref|"}}
+                "rule": dict(self.rule) if self.rule is not None else dict(FP32_RULE)}
 
 
 def verify(
@@ -101,7 +121,8 @@ def verify(
     frame_info: Sequence[Mapping[str, Any]],
     out_dir: Path,
     onnx_relpath: str,
-    tol: Tolerance = FP32,
+    tol: Tolerances = FP32,
+    rule: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
     """Run ``frames`` through ORT (``session_fn``) and PyTorch (``reference_fn``) and compare.
 
@@ -122,7 +143,8 @@ def verify(
 
     frame_reports, poly_ok, commands = [], True, []
     for index, (got, ref) in enumerate(zip(ort_iters, ref_iters, strict=True)):
-        checks = [check_output(name, got[name], ref[name], tol) for name in ref.keys()]
+        checks = [check_output(name, got[name], ref[name], tol if isinstance(tol, Tolerance) else tol[name])
+                  for name in ref.keys()]
         bounds = {c.name: c.tolerance for c in checks}
         pair = RunResults()
         pair.add([dict(got.items())], runner_name="onnxrt")
@@ -145,7 +167,7 @@ def verify(
     write_text(out_dir / "verify" / "golden.json", to_json(golden))
     command = " && ".join(commands)
     passed = all(f["pass"] for f in frame_reports)
-    return VerifyReport(frame_reports, passed, poly_ok, command)
+    return VerifyReport(frame_reports, passed, poly_ok, command, rule)
 
 
 def polygraphy_command(

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-STAGE_NAMES = ("export", "sparsity", "passes", "lower", "build", "verify", "profile", "report")
+STAGE_NAMES = ("export", "sparsity", "passes", "precision", "lower", "build", "verify", "profile", "report")
 
 
 def register(subparsers: Any) -> None:
@@ -43,6 +43,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--sparsity", default=None, metavar="SPEC",
                         help="add a sparsity stage: e.g. budget=params=0.5,allocator=rdprune,"
                              "pattern=unstructured,calib=4 (or a JSON / TOML file with these keys)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                        help="the graph's precision (TensorRT 11 is strongly typed: it lives in the ONNX): "
+                             "fp32 (default); fp16 with FP32 islands measured on calibration frames; int8 "
+                             "with explicit Q/DQ (post-training calibration); writes OUT/precision/")
+    parser.add_argument("--calibrator", default=None,
+                        help="int8 activation calibrator: max, percentile (default, 99.99; percentile=99.9 "
+                             "for another), entropy (KL, TensorRT-style), mse")
+    parser.add_argument("--calib-frames", type=int, default=None,
+                        help="calibration frames of the precision stage (default 8)")
     parser.set_defaults(func=run)
 
 
@@ -51,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from sparsefuse.compiler.pipeline import compile_model
 
     config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames,
-                         args.weights, args.sparsity, frames=args.frames)
+                         args.weights, args.sparsity, frames=args.frames, precision=args.precision,
+                         calibrator=args.calibrator, calib_frames=args.calib_frames)
     source = prepare_source(config)
-    names = [n for n in STAGE_NAMES if n != "sparsity" or config.sparsity is not None]
+    names = [n for n in STAGE_NAMES if (n != "sparsity" or config.sparsity is not None)
+             and (n != "precision" or config.precision is not None)]
     with RichProgress(names) as progress:
         result = compile_model(config, progress, source)
     progress.summary(result)
@@ -143,6 +154,10 @@ def _summary(stage: str, details: dict[str, Any]) -> str:
         return "[dim]TensorRT engine built[/]" if engine else "[dim]recipes only (no TensorRT here)[/]"
     if stage == "sparsity":
         return f"[dim]parameter sparsity {details.get('achieved_sparsity', 0):.3f}[/]"
+    if stage == "precision":
+        errors = details.get("calibration_error", {})
+        worst = max((v for v in errors.values() if isinstance(v, int | float)), default=0.0)
+        return f"[dim]{details.get('precision')}, worst calibration error {worst:.2g} of range[/]"
     if stage == "profile":
         latency = details.get("latency_ms", {})
         value = latency.get("median", latency.get("total"))
