@@ -310,3 +310,52 @@ def test_obs_plan_weights_round_trip_through_torch_and_onnx(model, frames, tmp_p
     (out / "weights.safetensors").unlink()
     with pytest.raises(SparsefuseError, match="weights"):
         read_plan(out / "plan.json")
+
+
+def test_prune_cli_operator_obs_writes_the_weights_file(monkeypatch, model, frames, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from sparsefuse.compiler import cli
+    from sparsefuse.compiler.commands import prune
+
+    no_transforms = SimpleNamespace(outputs=())
+    monkeypatch.setattr(prune, "_load", lambda args, count: (model, frames[:count], None, no_transforms))
+    args = "prune --model toy --budget params=0.5 --allocator rdprune --calib 1 --levels 2 --out".split()
+    assert cli.main([*args, str(tmp_path / "o"), "--operator", "obs", "--obs-percdamp", "0.02"]) == 0
+    plan = json.loads((tmp_path / "o" / "sparsity" / "plan.json").read_text())
+    assert plan["weights_file"] == "weights.safetensors" and plan["config"]["operator"] == "obs"
+    assert plan["config"]["obs_percdamp"] == 0.02
+    assert (tmp_path / "o" / "sparsity" / "weights.safetensors").is_file()
+    capsys.readouterr()
+    assert cli.main([*args, str(tmp_path / "x"), "--operator", "sparsegpt"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown operator" in err and "Traceback" not in err
+
+
+def test_sensitivity_is_measured_with_the_reconstructed_weights(model, frames):
+    import copy
+
+    from sparsefuse.passes.sparsity.analysis import analyze
+    from sparsefuse.passes.sparsity.calib import default_forward
+    from sparsefuse.passes.sparsity.sensitivity import frame_distortion, output_variances
+
+    obs = analyze(model, frames[:1], "unstructured", levels=3, operator="obs")
+    mag = analyze(model, frames[:1], "unstructured", levels=3)
+    assert obs.operator is not None and mag.operator is None
+    with torch.no_grad():
+        dense = default_forward(model, frames[0])
+    variances = output_variances([dense])
+    checked = 0
+    for i, layer in enumerate(obs.layers):
+        if not obs.operator.supports(layer.name):
+            continue
+        cand = obs.candidates[i][1]  # level 0.5
+        pruned = copy.deepcopy(model)
+        with torch.no_grad():
+            p = pruned.get_parameter(layer.name)
+            p.copy_(obs.operator.weight(layer, p.detach(), cand))
+            want = frame_distortion(dense, default_forward(pruned, frames[0]), variances)
+        assert obs.distortion()[i][1] == pytest.approx(want, rel=1e-6, abs=1e-12), layer.name
+        checked += 1
+    assert checked == len(obs.layers)  # every toy layer (conv2d, sparse conv) is reconstructed
+    assert sum(r[1] for r in obs.distortion()) < sum(r[1] for r in mag.distortion())
