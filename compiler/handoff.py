@@ -47,6 +47,7 @@ class HandoffOptions:
     sign_key: Path | None = None
     latency_budget_ms: float | None = None
     golden_frames: int = 2
+    profile: Path | None = None  # ship this profile.json even if it is for another target
 
 
 @dataclass(frozen=True)
@@ -267,12 +268,16 @@ def readme_text(fields: dict[str, Any], files: list[str]) -> str:
     )
     listing = "\n".join(f"- `{f}`" for f in files)
     label = fields["profile_label"]
-    profile_line = (
-        "No profile was recorded for this compile (`sparsefuse profile` writes one)."
-        if label is None
-        else f"`latency/profile.json` is the last profile, labelled `{label}`"
-        + (": it comes from a cost model, not from a device." if label == "estimated" else ".")
-    )
+    elsewhere = fields.get("profile_target") and fields["profile_target"] != fields["target"]
+    if label is None and fields.get("profile_note"):
+        profile_line = (f"No latency claim ships: {fields['profile_note']} "
+                        "(run `profile_engine.sh` on the target).")
+    elif label is None:
+        profile_line = "No profile was recorded for this compile (`sparsefuse profile` writes one)."
+    else:
+        where = f" **on target `{fields['profile_target']}`, not on this one**" if elsewhere else ""
+        what = ": it comes from a cost model, not from a device." if label == "estimated" else "."
+        profile_line = f"`latency/profile.json` is the last profile, labelled `{label}`{where}{what}"
     return f"""# sparsefuse hand-off bundle: {fields["target"]}
 
 Runtime: {trt}. Model: `{fields["model"]}` (lowered by {fields["lowered_by"]}).
@@ -355,10 +360,19 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
         write_bytes(stage / "golden" / f"outputs_{i}.npz", bundle.npz_bytes(outputs))
     write_bytes(stage / "golden" / "tolerances.json", bundle.json_bytes(golden_tolerances(pairs[0][1])))
 
-    profile_label = None
-    if (out / "profile.json").is_file():
-        _copy(out / "profile.json", stage / "latency" / "profile.json")
-        profile_label = read_json(out / "profile.json", "profile").get("label")
+    profile_label, profile_target, profile_note = None, None, None
+    source = opts.profile or (out / "profile.json")
+    if source.is_file():
+        doc = read_json(source, "profile")
+        profile_target = str(doc.get("target") or "")
+        if opts.profile is None and profile_target != target.tag:
+            # A CPU compile handed off to a Jetson target: its measured x86 latency is no claim
+            # about the target. It ships only when the user passes it explicitly (--profile).
+            profile_note = (f"the compile's profile is for target `{profile_target or 'unknown'}`, not "
+                            f"`{target.tag}`; it is not shipped as this bundle's latency claim")
+        else:
+            _copy(source, stage / "latency" / "profile.json")
+            profile_label = doc.get("label")
     write_bytes(
         stage / "latency" / "budget.json",
         bundle.json_bytes(
@@ -370,6 +384,8 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
                 if opts.latency_budget_ms is not None
                 else "not set",
                 "last_profile_label": profile_label,
+                "profile_target": profile_target if profile_label is not None else None,
+                "profile_note": profile_note,
             }
         ),
     )
@@ -393,7 +409,8 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
         "engine_files": shipped_engine,
         "profile_label": profile_label,
     }
-    write_bytes(stage / "README.md", readme_text(fields, sorted(bundle.list_files(stage))).encode())
+    readme_fields = {**fields, "profile_target": profile_target, "profile_note": profile_note}
+    write_bytes(stage / "README.md", readme_text(readme_fields, sorted(bundle.list_files(stage))).encode())
     return fields
 
 
@@ -406,7 +423,11 @@ def _normalize_modes(root: Path) -> None:
 
 def make_bundle(opts: HandoffOptions) -> HandoffResult:
     """Write the bundle directory and its deterministic tar.gz, both atomically."""
-    dest = Path(os.path.abspath(opts.bundle_dir or opts.out / "handoff" / target_slug(opts.target)))
+    from sparsefuse.targets.registry import get_target
+
+    # The folder goes by the target's tag (a user TOML's path is not a tag).
+    slug = target_slug(get_target(opts.target).tag)
+    dest = Path(os.path.abspath(opts.bundle_dir or opts.out / "handoff" / slug))
     with staged_dir(dest) as stage:
         fields = collect(opts, stage)
         manifest = bundle.build_manifest(stage, fields)

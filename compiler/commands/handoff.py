@@ -33,6 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--latency-budget-ms", type=float, default=None, help="latency budget recorded in the bundle"
     )
     p.add_argument("--golden-frames", type=int, default=2, help="golden frames to ship (default 2)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="ship this profile.json as the latency record even if it was made for another target "
+        "(it stays labelled with its own target); by default OUT/profile.json ships only when it is "
+        "for --target",
+    )
     p.set_defaults(func=run)
 
 
@@ -42,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.golden_frames <= 16:
         raise SparsefuseError(f"--golden-frames {args.golden_frames} is outside [1, 16]", "the default is 2")
+    if args.profile is not None and not args.profile.is_file():
+        raise SparsefuseError(f"profile not found: {args.profile}",
+                              "pass a profile.json written by sparsefuse")
     if args.latency_budget_ms is not None and args.latency_budget_ms <= 0:
         raise SparsefuseError(f"--latency-budget-ms {args.latency_budget_ms} is not positive", "e.g. 50")
     result = make_bundle(
@@ -52,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             sign_key=args.sign_key,
             latency_budget_ms=args.latency_budget_ms,
             golden_frames=args.golden_frames,
+            profile=args.profile,
         )
     )
     print(
@@ -59,4 +71,9 @@ def run(args: argparse.Namespace) -> int:
         f"{', signed' if result.signed else ''})"
     )
     print(f"archive: {result.archive}")
+    import json
+
+    note = json.loads((result.bundle_dir / "latency" / "budget.json").read_text()).get("profile_note")
+    if note:
+        print(f"note: {note} (pass --profile OUT/profile.json to ship it anyway, labelled with its target)")
     return 0

@@ -264,3 +264,53 @@ def test_handoff_errors_are_clear_and_leave_nothing_behind(out_dir, tmp_path, ca
     assert handoff(out_dir, precious) == 2
     assert "is not a sparsefuse bundle" in capsys.readouterr().err
     assert (precious / "thesis.tex").read_text() == "mine"
+
+
+def test_a_profile_for_another_target_is_not_the_bundles_latency_claim(tmp_path):
+    """A CPU compile handed off to a Jetson: the x86 measurement ships only when passed explicitly,
+    and then labelled with the target it was measured on."""
+    import json
+
+    import numpy as np
+    import torch
+
+    import sparsefuse
+    from sparsefuse.compiler.cli import main
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    frames = [{"input": np.random.default_rng(i).random((3, 4), dtype=np.float32)} for i in range(3)]
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, input):  # noqa: A002
+            return self.net(input)
+
+    out = tmp_path / "out"
+    assert sparsefuse.compile(Wrapped(), frames, target="cpu", out=out, verify_frames=1).verify_passed
+    assert main(["handoff", str(out), "--target", "jetson/agx-orin-64gb"]) == 0
+    bundle = out / "handoff" / "jetson_agx-orin-64gb"
+    budget = json.loads((bundle / "latency" / "budget.json").read_text())
+    assert not (bundle / "latency" / "profile.json").exists()
+    assert budget["last_profile_label"] is None and "`cpu`" in budget["profile_note"]
+    assert "No latency claim ships" in (bundle / "README.md").read_text()
+    profile = str(out / "profile.json")
+    assert main(["handoff", str(out), "--target", "jetson/agx-orin-64gb", "--profile", profile,
+                 "--out", str(tmp_path / "b2")]) == 0
+    readme = (tmp_path / "b2" / "README.md").read_text()
+    assert (tmp_path / "b2" / "latency" / "profile.json").is_file()
+    assert "labelled `measured` **on target `cpu`, not on this one**" in readme
+    assert main(["handoff", str(out), "--target", "cpu"]) == 0  # its own target: shipped as before
+    assert (out / "handoff" / "cpu" / "latency" / "profile.json").is_file()
+    # A user target TOML: the default bundle folder goes by the TOML's tag, not by its path.
+    from pathlib import Path
+
+    registry = Path(__file__).resolve().parents[2] / "targets" / "registry"
+    toml = (registry / "jetson-agx-orin-64gb.toml").read_text()
+    user_toml = tmp_path / "lab.toml"
+    user_toml.write_text(toml.replace('tag = "jetson/agx-orin-64gb"', 'tag = "lab/orin-bench"'))
+    assert main(["handoff", str(out), "--target", str(user_toml)]) == 0
+    assert (out / "handoff" / "lab_orin-bench" / "manifest.json").is_file()
