@@ -44,9 +44,8 @@ def to_fp16(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
             for name in node.output:
                 if new_type.get(name) == F32:
                     new_type[name] = F16
-    _convert_initializers(graph, wants, new_type)
     casts: dict[str, list[onnx.NodeProto]] = {}
-    made: dict[tuple[str, int], str] = {}
+    made: dict[tuple[str, int], str] = _convert_initializers(graph, wants, new_type)
     for node, i, want in wants:
         name = node.input[i]
         if new_type.get(name) == want:
@@ -66,17 +65,25 @@ def to_fp16(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
 
 
 def _convert_initializers(graph: onnx.GraphProto, wants: list[tuple[onnx.NodeProto, int, int]],
-                          new_type: dict[str, int]) -> None:
-    """An FP32 initializer every consumer wants in FP16 is stored in FP16 (no Cast)."""
+                          new_type: dict[str, int]) -> dict[tuple[str, int], str]:
+    """An FP32 initializer every consumer wants in FP16 is stored in FP16; one that FP16 and FP32
+    nodes both read gets an FP16 copy (constants need no runtime Cast). Returns {(name, F16): copy}."""
     wanted: dict[str, set[int]] = {}
     for node, i, want in wants:
         wanted.setdefault(node.input[i], set()).add(want)
     outputs = {o.name for o in graph.output}
-    for index, init in enumerate(graph.initializer):
-        if init.data_type == F32 and wanted.get(init.name) == {F16} and init.name not in outputs:
-            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
-            graph.initializer[index].CopyFrom(half)
+    copies: dict[tuple[str, int], str] = {}
+    for index, init in enumerate(list(graph.initializer)):
+        if init.data_type != F32 or F16 not in wanted.get(init.name, set()) or init.name in outputs:
+            continue
+        half = numpy_helper.to_array(init).astype(np.float16)
+        if wanted[init.name] == {F16}:
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(half, init.name))
             new_type[init.name] = F16
+        else:
+            copies[(init.name, F16)] = f"{init.name}__fp16"
+            graph.initializer.append(numpy_helper.from_array(half, copies[(init.name, F16)]))
+    return copies
 
 
 def _cast_outputs(graph: onnx.GraphProto, new_type: dict[str, int],

@@ -105,7 +105,7 @@ def _measure_node(model: onnx.ModelProto, node: onnx.NodeProto, picked: list[int
             if not name or name in inits:
                 continue
             value = np.asarray(captured[name][f])
-            feeds[name] = value.astype(np.float16) if i in picked else value
+            feeds[name] = _half(value) if i in picked else value
         try:
             got = sess.run(outputs, feeds)
         except Exception as exc:  # noqa: BLE001
@@ -147,7 +147,7 @@ def _single_node_model(model: onnx.ModelProto, node: onnx.NodeProto, picked: lis
         elem = TensorProto.FLOAT16 if i in picked else types[name]
         if name in inits:
             array = numpy_helper.to_array(inits[name])
-            array = array.astype(np.float16) if i in picked else array
+            array = _half(array) if i in picked else array
             initializers.append(numpy_helper.from_array(array, name))
         elif name not in {g.name for g in graph_inputs}:
             graph_inputs.append(helper.make_tensor_value_info(name, elem, None))
@@ -158,6 +158,12 @@ def _single_node_model(model: onnx.ModelProto, node: onnx.NodeProto, picked: lis
     probe = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     probe.functions.extend(model.functions)
     return probe
+
+
+def _half(array: np.ndarray) -> np.ndarray:
+    """``array`` in FP16; values beyond 65504 become inf, which is what the measurement is for."""
+    with np.errstate(over="ignore"):
+        return array.astype(np.float16)
 
 
 def _first(exc: Exception) -> str:
