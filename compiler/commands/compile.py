@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--sparsity", default=None, metavar="SPEC",
                         help="add a sparsity stage: e.g. budget=params=0.5,allocator=rdprune,"
                              "pattern=unstructured,calib=4 (or a JSON / TOML file with these keys)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+    parser.add_argument("--precision", default="fp32",
                         help="the graph's precision (TensorRT 11 is strongly typed: it lives in the ONNX): "
                              "fp32 (default); fp16 with FP32 islands measured on calibration frames; int8 "
                              "with explicit Q/DQ (post-training calibration); writes OUT/precision/")
