@@ -27,6 +27,7 @@ factorization still fails (rounding on a nearly singular H), λ is multiplied by
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,41 @@ def _nm_group(w: torch.Tensor, a: torch.Tensor, remove: int) -> tuple[torch.Tens
     return e, removed
 
 
+def _block_groups(
+    w1: torch.Tensor, u1: torch.Tensor, m1: torch.Tensor, err: torch.Tensor, remove: int, m: int
+) -> None:
+    """One block, group by group (joint n:m OBS, :func:`_nm_group`); updates w1, m1, err in place."""
+    for i in range(0, w1.shape[1], m):
+        e, m1[:, i : i + m] = _nm_group(w1[:, i : i + m], u1[i : i + m, i : i + m], remove)
+        w1[:, i:] -= e @ u1[i : i + m, i:]
+        w1[:, i : i + m][m1[:, i : i + m]] = 0.0  # exact zeros, not rounding residue
+        err[:, i : i + m] = e
+
+
+def _block_columns(
+    w1: torch.Tensor,
+    u1: torch.Tensor,
+    m1: torch.Tensor,
+    err: torch.Tensor,
+    counts: Callable[[int, int], int] | None,
+    select: int,
+) -> None:
+    """One block, column by column (sequential OBS); with ``counts`` the mask of every ``select``
+    columns is chosen adaptively (``counts(a, b)`` removals in block columns [a, b)), else m1 is given.
+    Updates w1, m1, err in place."""
+    d = torch.diagonal(u1)
+    for i in range(w1.shape[1]):
+        if counts is not None and i % select == 0:
+            j = min(i + select, w1.shape[1])
+            m1[:, i:j] = _smallest(w1[:, i:j] ** 2 / d[i:j] ** 2, counts(i, j))
+        col = w1[:, i]
+        e = torch.where(m1[:, i], col, torch.zeros_like(col)) / d[i]
+        # Exact OBS update of the unprocessed columns of this block (the pruned weight goes to 0).
+        w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
+        w1[:, i] = torch.where(m1[:, i], torch.zeros_like(col), w1[:, i])
+        err[:, i] = e
+
+
 def sparsegpt(
     w: torch.Tensor,
     up: torch.Tensor,
@@ -148,7 +184,6 @@ def sparsegpt(
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         w1, u1 = w[:, i1:i2].clone(), up[i1:i2, i1:i2]
-        d = torch.diagonal(u1)
         err = torch.zeros_like(w1)
         if pattern == "mask":
             assert mask is not None
@@ -156,23 +191,12 @@ def sparsegpt(
         else:
             m1 = torch.zeros_like(w1, dtype=torch.bool)
         if pattern == "2:4":
-            for i in range(0, i2 - i1, m):
-                e, m1[:, i : i + m] = _nm_group(w1[:, i : i + m], u1[i : i + m, i : i + m], m - n)
-                w1[:, i:] -= e @ u1[i : i + m, i:]
-                w1[:, i : i + m][m1[:, i : i + m]] = 0.0
-                err[:, i : i + m] = e
-        for i in range(i2 - i1) if pattern != "2:4" else ():
-            if pattern == "unstructured" and i % select == 0:
-                # Adaptive mask: chosen per ``select`` columns from the weights as updated so far.
-                j = min(i + select, i2 - i1)
-                count = _block_counts(total, cols, i1 + i, i1 + j)
-                m1[:, i:j] = _smallest(w1[:, i:j] ** 2 / d[i:j] ** 2, count)
-            col = w1[:, i]
-            e = torch.where(m1[:, i], col, torch.zeros_like(col)) / d[i]
-            # Exact OBS update of the unprocessed columns of this block (the pruned weight goes to 0).
-            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
-            w1[:, i] = torch.where(m1[:, i], torch.zeros_like(col), w1[:, i])
-            err[:, i] = e
+            _block_groups(w1, u1, m1, err, m - n, m)
+        else:
+            def counts(a: int, b: int, o: int = i1) -> int:
+                return _block_counts(total, cols, o + a, o + b)
+
+            _block_columns(w1, u1, m1, err, None if pattern == "mask" else counts, select)
         w[:, i1:i2] = w1
         removed[:, i1:i2] = m1
         w[:, i2:] -= err @ up[i1:i2, i2:]  # lazy batch update of the later blocks
