@@ -185,6 +185,43 @@ def test_2to4_output_satisfies_nm_for_conv_and_sparse_conv_layouts():
         assert int((new == 0).sum()) == weight.numel() // 2
 
 
+class _DenseNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1)
+        self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.grouped(self.conv(x))
+        return self.fc(y.permute(0, 2, 3, 1))  # linear over [B, H, W, C]: every (b, h, w) is a row
+
+
+def test_dense_hessians_from_the_calls_reproduce_the_layer_outputs():
+    from sparsefuse.passes.sparsity.discover import discover_layers
+    from sparsefuse.passes.sparsity.hessian import obs_supported
+
+    torch.manual_seed(15)
+    net = _DenseNet().eval()
+    frames = [torch.randn(2, 3, 9, 7), torch.randn(1, 3, 9, 7)]
+    layers, _ = discover_layers(net, frames, lambda m, f: m(f))
+    assert {la.name: obs_supported(la) for la in layers} == {
+        "conv.weight": True, "grouped.weight": False, "fc.weight": True
+    }
+    got = collect_hessians(net, frames, lambda m, f: m(f), layers)
+    assert set(got) == {"conv.weight", "fc.weight"}  # the grouped conv keeps magnitude masking
+    conv_rows = torch.cat([conv2d_rows(f, (4, 3, 3, 3), 2, 1, 1) for f in frames]).double()
+    torch.testing.assert_close(got["conv.weight"], _hessian(conv_rows), rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # the rows are the conv's im2col: rows @ W_flatᵀ is its output
+        out = net.conv(frames[0])
+    flat = conv2d_rows(frames[0], (4, 3, 3, 3), 2, 1, 1) @ net.conv.weight.reshape(4, -1).T
+    want = out.permute(0, 2, 3, 1).reshape(-1, 4) - net.conv.bias
+    torch.testing.assert_close(flat, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        fc_rows = torch.cat([net.grouped(net.conv(f)).permute(0, 2, 3, 1).reshape(-1, 4) for f in frames])
+    torch.testing.assert_close(got["fc.weight"], _hessian(fc_rows.double()), rtol=1e-10, atol=1e-12)
+
+
 class _SparseNet(nn.Module):
     def __init__(self, spatial: tuple[int, int, int], stride: int, subm: bool) -> None:
         super().__init__()
