@@ -230,6 +230,7 @@ class ObsLayer:
     hessian: torch.Tensor  # [D, D] canonical order, undampened
     up: torch.Tensor  # [D, D] U with UᵀU = (H + λI)⁻¹
     lam: float
+    _hinv: torch.Tensor | None = None
 
     @staticmethod
     def build(shape: tuple[int, ...], in_axis: int, hessian: torch.Tensor, percdamp: float) -> ObsLayer:
@@ -248,6 +249,26 @@ class ObsLayer:
         else:
             new, _ = sparsegpt(rows, self.up, pattern, level, block)
         return from_canonical(new, self.shape, self.in_axis).to(weight.dtype)
+
+    def remove_inputs(self, weight: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+        """Zero every weight that reads a removed input channel (``removed`` [Cin] bool) and refit the
+        rest: exact multi-weight OBS with the same columns P in every row,
+        δW = −W_P · ([H_d⁻¹]_PP)⁻¹ · [H_d⁻¹]_{P,:} (the consumer side of a channel decision)."""
+        rows = to_canonical(weight.detach().cpu(), self.in_axis).to(torch.float64)
+        cols = removed.to(torch.bool).cpu().repeat(rows.shape[1] // removed.numel())  # channel = j % Cin
+        if not bool(cols.any()):
+            return weight.detach().clone()
+        hinv = self.inverse()
+        coef = torch.linalg.solve(hinv[cols][:, cols], rows[:, cols].T)  # [|P|, R]
+        new = rows - coef.T @ hinv[cols]
+        new[:, cols] = 0.0
+        return from_canonical(new, self.shape, self.in_axis).to(weight.dtype)
+
+    def inverse(self) -> torch.Tensor:
+        """(H + λI)⁻¹ = UᵀU [D, D], computed on first use and cached."""
+        if self._hinv is None:
+            self._hinv = self.up.T @ self.up
+        return self._hinv
 
     def _remove_filters(self, rows: torch.Tensor, level: float) -> torch.Tensor:
         """Zero the round(level·K) filters (at most K−1) whose output energy w H_d wᵀ is smallest. A row's

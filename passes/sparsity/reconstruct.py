@@ -54,6 +54,12 @@ class ObsOperator:
         """The reconstructed weight of ``layer`` under ``cand`` (same shape and dtype as ``weight``)."""
         return self.layers[layer.name].prune(weight, cand.pattern, cand.level, self.block)
 
+    def refit_consumer(self, name: str, weight: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+        """The consumer ``name`` with its removed input channels (``removed`` [Cin] bool) zeroed and the
+        other inputs refit (exact group OBS). Its input is 0 on those channels once the producer's
+        filters and their per-channel tensors are masked, so this only adds compensation."""
+        return self.layers[name].remove_inputs(weight, removed)
+
 
 def candidate_changes(
     layer: PrunableLayer,
@@ -74,6 +80,8 @@ def candidate_changes(
     shapes = {chain.producer: tuple(new.shape), chain.consumer: tuple(weights[chain.consumer].shape)}
     out: dict[str, torch.Tensor] = dict(chain_masks(chain, keep, shapes))
     out[layer.name] = new
+    if operator.supports(chain.consumer):
+        out[chain.consumer] = operator.refit_consumer(chain.consumer, weights[chain.consumer], ~keep)
     return out
 
 
@@ -82,10 +90,24 @@ def reconstructed_weights(
     layers: Sequence[PrunableLayer],
     weights: Mapping[str, torch.Tensor],
     cands: Sequence[Candidate],
+    chains: Mapping[str, ChannelChain | str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Name -> reconstructed weight of every layer whose chosen candidate OBS reconstructs."""
-    out = {}
-    for layer, cand in zip(layers, cands, strict=True):
-        if operator.supports(layer.name) and cand.pattern != DENSE and cand.level > 0:
-            out[layer.name] = operator.weight(layer, weights[layer.name], cand).detach().cpu().contiguous()
+    """Name -> reconstructed weight of every layer whose chosen candidate OBS reconstructs, and of every
+    consumer of a reconstructed channel decision. A consumer's own decision is applied first; its input
+    refit then leaves its removed rows at zero (each row is refit on its own)."""
+    out: dict[str, torch.Tensor] = {}
+    chosen = [
+        (layer, cand) for layer, cand in zip(layers, cands, strict=True)
+        if operator.supports(layer.name) and cand.pattern != DENSE and cand.level > 0
+    ]
+    for layer, cand in chosen:
+        out[layer.name] = operator.weight(layer, weights[layer.name], cand).detach().cpu().contiguous()
+    for layer, cand in chosen:
+        chain = (chains or {}).get(layer.name)
+        if cand.pattern != "channel" or not isinstance(chain, ChannelChain):
+            continue
+        if operator.supports(chain.consumer):
+            keep = filter_mask(out[layer.name], layer.out_axis, cand.level)
+            current = out.get(chain.consumer, weights[chain.consumer])
+            out[chain.consumer] = operator.refit_consumer(chain.consumer, current, ~keep).detach().cpu()
     return out

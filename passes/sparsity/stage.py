@@ -271,7 +271,9 @@ def run_sparsity_stage(
     decision = decide(analysis, weights, config, latency)
     counts = analysis.sensitivity.forward_counts if analysis.sensitivity else {}
     recon = (
-        reconstructed_weights(analysis.operator, analysis.layers, weights, decision.candidates)
+        reconstructed_weights(
+            analysis.operator, analysis.layers, weights, decision.candidates, analysis.chains
+        )
         if analysis.operator is not None
         else {}
     )

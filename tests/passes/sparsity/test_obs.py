@@ -274,6 +274,57 @@ def test_channel_removal_zeroes_the_filters_of_least_output_energy():
     assert torch.equal(new[keep], weight[keep])  # the producer side is exact: other filters untouched
 
 
+def test_consumer_refit_is_the_least_squares_optimum_without_the_removed_channels():
+    x = _correlated(300, 6, seed=16)
+    weight = torch.randn(3, 6, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    layer = ObsLayer.build((3, 6), 1, _hessian(x), TINY_DAMP)
+    removed = torch.tensor([False, True, False, False, True, False])
+    new = layer.remove_inputs(weight, removed)
+    keep = [0, 2, 3, 5]
+    for r in range(3):
+        want = _lstsq_refit(x, weight[r], keep, {1: 0.0, 4: 0.0})
+        np.testing.assert_allclose(new[r].numpy(), want, rtol=1e-6, atol=1e-7)
+    # conv layout: channel c is every (r, s) column of input channel c
+    conv = ObsLayer.build((2, 4, 3, 3), 1, _hessian(_correlated(400, 36, seed=18)), 0.01)
+    w = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(19))
+    out = conv.remove_inputs(w, torch.tensor([False, False, True, False]))
+    assert torch.equal(out[:, 2], torch.zeros(2, 3, 3))
+    assert not torch.equal(out[:, [0, 1, 3]], w[:, [0, 1, 3]])
+
+
+def test_channel_plan_refits_the_consumer_and_round_trips(model, frames, tmp_path):
+    from sparsefuse.passes.sparsity.apply_torch import apply_plan_torch, thin_model
+    from sparsefuse.passes.sparsity.plan import read_plan
+    from sparsefuse.passes.sparsity.stage import run_sparsity_stage
+
+    config = SparsityConfig(
+        budget=0.9, calib=1, levels=3, pattern="channel", allocator="uniform", operator="obs"
+    )
+    pruned, _, plan = run_sparsity_stage(model, None, config, tmp_path / "sparsity", frames)
+    chained = [la for la in plan.layers if la.level > 0 and la.channel and "consumer" in la.channel]
+    assert chained
+    dense = dict(model.named_parameters())
+    params = dict(pruned.named_parameters())
+    for la in chained:
+        consumer = la.channel["consumer"]
+        axis = la.channel["tensors"][consumer]
+        removed = params[la.name].detach().movedim(la.out_axis, 0).flatten(1).abs().sum(1) == 0
+        cw = params[consumer].detach().movedim(axis, 0)
+        assert int(removed.sum()) == round(la.level * removed.numel())
+        assert bool((cw[removed] == 0).all())  # the consumer no longer reads the removed channels
+        assert not torch.equal(cw[~removed], dense[consumer].detach().movedim(axis, 0)[~removed])  # refit
+    fresh = type(model)()
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    apply_plan_torch(fresh, read_plan(tmp_path / "sparsity" / "plan.json"))
+    for name, p in fresh.named_parameters():
+        torch.testing.assert_close(p, params[name], rtol=0, atol=0)
+    with torch.no_grad():
+        thin = thin_model(model, plan).eval()
+        for got, want in zip(thin(**frames[2]), pruned(**frames[2]), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_operator_option_and_spec_parsing():
     assert SparsityConfig().operator == "magnitude"
     assert parse_spec("budget=params=0.25,operator=obs,obs_percdamp=0.05").operator == "obs"
