@@ -13,6 +13,10 @@ applies the exact OBS update to the columns after q; the columns before q are fr
 column this is the full OBS update above). Updates to later blocks are applied lazily, once per block
 (one GEMM). All in float64.
 
+Channel decisions (``channel``): the filters with the least output energy w·H_d·wᵀ are zeroed (rows are
+independent, so the producer needs no refit) and ``remove_inputs`` refits the consumer without those
+input channels (exact multi-weight OBS, the same columns in every row).
+
 Weights are handled in a canonical [Cout, D] layout with the reduction ("in") axis last, so that 2:4
 groups (4 consecutive input channels at a fixed kernel position, as ``nm_mask`` does) are 4
 consecutive columns.
