@@ -58,10 +58,11 @@ def compile(  # noqa: A001 (the verb users expect: sparsefuse.compile)
     model: Any, frames: Frames = None, *, target: str = "cpu", out: PathLike, spec: ModelSpec | None = None,
     weights: PathLike | None = None, sparsity: str | None = None, verify_frames: int = 3, seed: int = 0,
     convert_options: Mapping[str, Any] | None = None, progress: Any = None, precision: str = "fp32",
-    calibrator: str | None = None, calib_frames: int | None = None,
+    calibrator: str | None = None, calib_frames: int | None = None, int8_sensitivity: float | None = None,
 ) -> Any:
     """Compile ``model`` for ``target`` into ``out`` (see README, "Bring your own model").
-    ``precision``: fp32 | fp16 | int8 (``calibrator``, ``calib_frames``: as ``compile --help``).
+    ``precision``: fp32 | fp16 | int8 (``calibrator``, ``calib_frames``, ``int8_sensitivity``: as
+    ``compile --help``).
     Returns the CompileResult (``.verify_passed``, ``.out``, per-stage records)."""
     from sparsefuse.compiler.config import make_config
     from sparsefuse.compiler.pipeline import compile_model
@@ -73,7 +74,7 @@ def compile(  # noqa: A001 (the verb users expect: sparsefuse.compile)
                          verify_frames=verify_frames,
                          weights=weights if source.is_preset else None, sparsity=sparsity,
                          python_model=not source.is_preset, precision=precision, calibrator=calibrator,
-                         calib_frames=calib_frames)
+                         calib_frames=calib_frames, int8_sensitivity=int8_sensitivity)
     return compile_model(config, progress, source)
 
 

@@ -82,13 +82,14 @@ def make_config(
     seed: int = 0, verify_frames: int = 3, weights: str | os.PathLike[str] | None = None,
     sparsity: str | None = None, frames: str | os.PathLike[str] | None = None, python_model: bool = False,
     precision: str = "fp32", calibrator: str | None = None, calib_frames: int | None = None,
+    int8_sensitivity: float | None = None,
 ) -> CompileConfig:
     """Validate every field; a bad one raises SparsefuseError naming it and what is allowed.
     ``sparsity``: a spec ``"budget=params=0.5,allocator=rdprune,calib=4"`` or a JSON / TOML file
     with the same keys. ``python_model``: ``model`` is only a label (the API was given an object)."""
     preset = False if python_model else _check_model(model)
     target = _check_target(target)
-    precision_config = _check_precision(precision, calibrator, calib_frames, target)
+    precision_config = _check_precision(precision, calibrator, calib_frames, target, int8_sensitivity)
     sparsity_config = _check_sparsity(sparsity) if sparsity is not None else None
     if rig is not None and not preset:
         raise SparsefuseError("--rig applies to the built-in presets only",
@@ -115,7 +116,7 @@ def make_config(
 
 
 def _check_precision(precision: str, calibrator: str | None, calib_frames: int | None,
-                     target: str) -> PrecisionConfig | None:
+                     target: str, int8_sensitivity: float | None = None) -> PrecisionConfig | None:
     """None for fp32 (no precision stage); the target must be able to run the precision."""
     from sparsefuse.passes.precision.config import (
         DEFAULT_CALIB_FRAMES,
@@ -125,7 +126,8 @@ def _check_precision(precision: str, calibrator: str | None, calib_frames: int |
     from sparsefuse.targets.registry import get_target
 
     config = make_precision_config(precision, calibrator,
-                                   DEFAULT_CALIB_FRAMES if calib_frames is None else calib_frames)
+                                   DEFAULT_CALIB_FRAMES if calib_frames is None else calib_frames,
+                                   int8_sensitivity=int8_sensitivity)
     if config.precision == "fp32":
         if calib_frames is not None:
             raise SparsefuseError("--calib-frames applies to --precision fp16 / int8",

@@ -74,13 +74,21 @@ def _stages_section(records: Sequence[Any]) -> str:
     return "## Stages\n\n" + _table(("stage", "wall [s]", ""), rows) + f"\nTotal {total:.1f} s.\n"
 
 
+def _rule_text(rule: dict[str, Any]) -> str:
+    """The tolerance rule verify applied: float32, or the precision stage's (docs/tolerances.md)."""
+    applied = rule.get("applied", "float32")
+    if applied == "float32":
+        return f"float32 {rule.get('float32', '')}"
+    return f"{applied} graph, per-output bounds from OUT/precision/report.json (docs/tolerances.md)"
+
+
 def _verify_section(verify: dict[str, Any] | None) -> str:
     if verify is None:
         return "## Verify\n\nverify.json is missing.\n"
     verdict = "PASS" if verify.get("pass") else "FAIL"
     head = (f"## Verify: {verdict}\n\nChecked: {verify.get('checked', 'the lowered model')}.\n"
             f"Reference: {verify.get('reference', 'the PyTorch model')}. "
-            f"Rule: float32 {verify.get('rule', {}).get('float32', '')}; integers exact.\n\n")
+            f"Rule: {_rule_text(verify.get('rule', {}))}; integers exact.\n\n")
     rows = []
     for index, frame in enumerate(verify.get("frames", [])):
         which = f"seed {frame.get('seed')}" if "seed" in frame else f"frames[{frame.get('frame')}]"

@@ -52,6 +52,10 @@ def register(subparsers: Any) -> None:
                              "for another), entropy (KL, TensorRT-style), mse")
     parser.add_argument("--calib-frames", type=int, default=None,
                         help="calibration frames of the precision stage (default 8)")
+    parser.add_argument("--int8-sensitivity", type=float, default=None, metavar="FRACTION",
+                        help="int8: keep an activation float when quantizing it alone moves an output by "
+                             "more than this fraction of its range on the calibration frames (default 0.02; "
+                             "1 quantizes every site)")
     parser.set_defaults(func=run)
 
 
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames,
                          args.weights, args.sparsity, frames=args.frames, precision=args.precision,
-                         calibrator=args.calibrator, calib_frames=args.calib_frames)
+                         calibrator=args.calibrator, calib_frames=args.calib_frames,
+                         int8_sensitivity=args.int8_sensitivity)
     source = prepare_source(config)
     names = [n for n in STAGE_NAMES if (n != "sparsity" or config.sparsity is not None)
              and (n != "precision" or config.precision is not None)]

@@ -16,19 +16,25 @@ MAX_CALIB_FRAMES = 256
 # range (max|y16 - y32| / max|y32|) on every calibration frame. A tenth of the end-to-end float16
 # verify rule (1e-2 · max|ref|, docs/tolerances.md): a chain of such nodes still fits that budget.
 DEFAULT_FP16_THRESHOLD = 1e-3
+# An activation stays float when quantizing it ALONE moves an output by more than this fraction of the
+# output's range on the calibration frames (e.g. bevfusion-tiny's camera BEV features: a heavy tail to
+# ~600 whose small values carry the signal). 1 quantizes every site (the most speed, no accuracy guard).
+DEFAULT_INT8_SENSITIVITY = 0.02
 
 
 @dataclass(frozen=True)
 class PrecisionConfig:
     """precision: fp32 | fp16 | int8; calibrator: int8 activation calibrator (CALIBRATORS);
     percentile: in (0, 100], for ``percentile``; calib_frames: calibration frames (fp16 island
-    measurement and int8 calibration); fp16_threshold: relative per-node FP16 error bound."""
+    measurement and int8 calibration); fp16_threshold: relative per-node FP16 error bound;
+    int8_sensitivity: relative output error above which an activation stays float."""
 
     precision: str = "fp32"
     calibrator: str = "percentile"
     percentile: float = DEFAULT_PERCENTILE
     calib_frames: int = DEFAULT_CALIB_FRAMES
     fp16_threshold: float = DEFAULT_FP16_THRESHOLD
+    int8_sensitivity: float = DEFAULT_INT8_SENSITIVITY
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,7 +42,8 @@ class PrecisionConfig:
 
 def make_precision_config(precision: str = "fp32", calibrator: str | None = None,
                           calib_frames: int = DEFAULT_CALIB_FRAMES,
-                          fp16_threshold: float = DEFAULT_FP16_THRESHOLD) -> PrecisionConfig:
+                          fp16_threshold: float = DEFAULT_FP16_THRESHOLD,
+                          int8_sensitivity: float | None = None) -> PrecisionConfig:
     """Validate the options. ``calibrator``: a name, or ``percentile=99.9`` for another percentile."""
     if precision not in PRECISIONS:
         raise SparsefuseError(f"unknown precision {precision!r}",
@@ -52,7 +59,16 @@ def make_precision_config(precision: str = "fp32", calibrator: str | None = None
     if not 0.0 < float(fp16_threshold) < 1.0:
         raise SparsefuseError(f"fp16 threshold must be in (0, 1), got {fp16_threshold!r}",
                               f"the default is {DEFAULT_FP16_THRESHOLD} of each node's output range")
-    return PrecisionConfig(precision, name, percentile, calib_frames, float(fp16_threshold))
+    if int8_sensitivity is not None and precision != "int8":
+        raise SparsefuseError(f"--int8-sensitivity applies to --precision int8, not {precision}",
+                              "drop --int8-sensitivity, or pass --precision int8")
+    sensitivity = DEFAULT_INT8_SENSITIVITY if int8_sensitivity is None else int8_sensitivity
+    if not isinstance(sensitivity, int | float) or not 0.0 < float(sensitivity) <= 1.0:
+        raise SparsefuseError(f"--int8-sensitivity must be in (0, 1], got {int8_sensitivity!r}",
+                              f"the default {DEFAULT_INT8_SENSITIVITY} keeps float the activations whose "
+                              "quantization alone moves an output by more than 2 % of its range")
+    return PrecisionConfig(precision, name, percentile, calib_frames, float(fp16_threshold),
+                           float(sensitivity))
 
 
 def _parse_calibrator(text: str) -> tuple[str, float]:

@@ -22,10 +22,6 @@ from sparsefuse.plugins.common import DOMAIN
 
 SCHEMA_VERSION = 1
 FP32_REL, FP32_ABS = 1e-4, 1e-5  # the float32 rule (docs/tolerances.md), added to the int8 bound
-# An activation stays float when quantizing it ALONE moves an output by more than this fraction of
-# the output's range on the calibration frames (e.g. the camera BEV features: a heavy tail to 600
-# whose small values carry the signal).
-INT8_SENSITIVITY = 0.02
 
 
 @dataclass(frozen=True)
@@ -98,7 +94,7 @@ def _int8(model: onnx.ModelProto, config: PrecisionConfig, frames: Sequence[Mapp
     ranges = {o: max(float(np.max(np.abs(a))) if a.size else 0.0 for a in captured[o]) for o in outputs}
     worst = {t: max((e / ranges[o] if ranges[o] > 0 else 0.0 for o, e in errors.items()), default=0.0)
              for t, errors in sensitivity.items()}
-    keep_float = sorted(t for t, err in worst.items() if err > INT8_SENSITIVITY)
+    keep_float = sorted(t for t, err in worst.items() if err > config.int8_sensitivity)
     options["keep_float"] = keep_float
     ctx = PassContext(target_backend=backend, options={"int8": options}, log=log)
     quantized, records = run_passes([Pass("int8", int8.quantize_int8)], model, ctx)
@@ -117,7 +113,7 @@ def _int8(model: onnx.ModelProto, config: PrecisionConfig, frames: Sequence[Mapp
         "plan": int8.describe(plan),
         "sensitivity": sensitivity, "weights_only_error": weights_only,
         "kept_float": {t: f"quantized alone it moves an output by {worst[t]:.3g} of its range "
-                          f"(> {INT8_SENSITIVITY})" for t in keep_float},
+                          f"(> {config.int8_sensitivity:g})" for t in keep_float},
         "custom_ops": {n.name: {"op": n.op_type, "precision": "fp32",
                                 "reason": "no INT8 I/O in its op contract (docs/design.md §4)"}
                        for n in model.graph.node if n.domain == DOMAIN},
