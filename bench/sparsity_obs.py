@@ -73,8 +73,7 @@ def main() -> int:
         config = SparsityConfig(allocator=args.allocator, budget=args.budget, pattern=args.pattern,
                                 levels=args.levels, calib=args.calib, operator=op)
         decision = decide(analysis, weights, config)
-        recon = (reconstructed_weights(analysis.operator, analysis.layers, weights, decision.candidates,
-                                       analysis.chains)
+        recon = (reconstructed_weights(analysis.operator, analysis.layers, weights, decision.candidates)
                  if analysis.operator is not None else {})
         new = weights | recon
         masks = final_masks(analysis, new, decision.candidates)

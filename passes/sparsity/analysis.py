@@ -104,7 +104,7 @@ def analyze(
     if before_measure is not None:  # e.g. a budget check, before the expensive part
         before_measure(Analysis(layers, cands, chains, None, site_lambda, pattern, site_map))
     if operator == "obs":  # after the budget check: the Hessians cost one forward per frame
-        obs = ObsOperator(model, frames, forward, layers, percdamp, block)
+        obs = ObsOperator(model, frames, forward, layers, percdamp, block, chains)
     if measure:
         sens = measure_sensitivity(
             model, frames, forward, layers, cands, masks_fn, site_map, worst_case, use_cache, progress

@@ -13,9 +13,11 @@ applies the exact OBS update to the columns after q; the columns before q are fr
 column this is the full OBS update above). Updates to later blocks are applied lazily, once per block
 (one GEMM). All in float64.
 
-Channel decisions (``channel``): the filters with the least output energy w·H_d·wᵀ are zeroed (rows are
-independent, so the producer needs no refit) and ``remove_inputs`` refits the consumer without those
-input channels (exact multi-weight OBS, the same columns in every row).
+Channel decisions (``channel``) are made where the removed channels are read: on the consumer. The
+producer's filters are zeroed (with their per-channel tensors, so the consumer reads 0 there); which
+ones is the greedy group-OBS order of the consumer's input channels (``input_order``, with the
+consumer's Hessian, i.e. after any BatchNorm / activation on the way), and ``remove_inputs`` refits
+the consumer's other inputs (exact multi-weight OBS, the same columns in every row).
 
 Weights are handled in a canonical [Cout, D] layout with the reduction ("in") axis last, so that 2:4
 groups (4 consecutive input channels at a fixed kernel position, as ``nm_mask`` does) are 4
@@ -246,12 +248,10 @@ class ObsLayer:
     def prune(
         self, weight: torch.Tensor, pattern: str, level: float, block: int = DEFAULT_BLOCK
     ) -> torch.Tensor:
-        """Reconstructed weight of the original shape and dtype with the pattern's zeros."""
+        """Reconstructed weight (unstructured / 2:4) of the original shape and dtype with the pattern's
+        zeros. Channel decisions are made on the consumer (:meth:`input_order`)."""
         rows = to_canonical(weight.detach().cpu(), self.in_axis).to(torch.float64)
-        if pattern == "channel":
-            new = self._remove_filters(rows, level)
-        else:
-            new, _ = sparsegpt(rows, self.up, pattern, level, block)
+        new, _ = sparsegpt(rows, self.up, pattern, level, block)
         return from_canonical(new, self.shape, self.in_axis).to(weight.dtype)
 
     def remove_inputs(self, weight: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
@@ -274,13 +274,34 @@ class ObsLayer:
             self._hinv = self.up.T @ self.up
         return self._hinv
 
-    def _remove_filters(self, rows: torch.Tensor, level: float) -> torch.Tensor:
-        """Zero the round(level·K) filters (at most K−1) whose output energy w H_d wᵀ is smallest. A row's
-        output is independent of the other rows, so there is nothing to refit on the producer side."""
-        k = rows.shape[0]
-        count = min(int(round(float(level) * k)), k - 1)
-        hd = self.hessian + self.lam * torch.eye(self.hessian.shape[0], dtype=torch.float64)
-        energy = ((rows @ hd) * rows).sum(dim=1)
-        out = rows.clone()
-        out[_smallest(energy, count)] = 0.0
-        return out
+    def input_order(self, weight: torch.Tensor, first: torch.Tensor) -> list[int]:
+        """Greedy order in which to remove this layer's input channels (all but one): at each step the
+        channel c whose removal with refit costs least, Σ_rows w_P·([H_d⁻¹]_PP)⁻¹·w_Pᵀ over its columns P,
+        then the OBS update of the weights and the downdate of H⁻¹ (OBC's greedy, for groups).
+        Channels in ``first`` [Cin] bool come first, in index order (a producer filter that is already
+        all zero: removing it must leave the same zero rows that ``filter_mask`` finds)."""
+        rows = to_canonical(weight.detach().cpu(), self.in_axis).to(torch.float64)
+        cin = self.shape[self.in_axis]
+        span = rows.shape[1] // cin
+        hinv = self.inverse().clone()
+        cols = torch.arange(rows.shape[1]).view(span, cin).T  # [Cin, span]: channel c's columns
+        order: list[int] = []
+
+        def remove(c: int) -> None:
+            nonlocal rows, hinv
+            p = cols[c]
+            m = hinv[p][:, p]
+            rows = rows - torch.linalg.solve(m, rows[:, p].T).T @ hinv[p]
+            rows[:, p] = 0.0
+            hinv = hinv - hinv[:, p] @ torch.linalg.solve(m, hinv[p])
+            order.append(c)
+
+        for c in torch.nonzero(first.cpu()).flatten().tolist()[: cin - 1]:
+            remove(int(c))
+        while len(order) < cin - 1:
+            left = torch.tensor([c for c in range(cin) if c not in order])
+            blocks = hinv[cols[left][:, :, None], cols[left][:, None, :]]  # [n, span, span]
+            wp = rows[:, cols[left]].permute(1, 2, 0)  # [n, span, R]
+            cost = (torch.linalg.solve(blocks, wp) * wp).sum(dim=(1, 2))
+            remove(int(left[int(torch.argmin(cost))]))
+        return order

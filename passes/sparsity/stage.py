@@ -271,9 +271,7 @@ def run_sparsity_stage(
     decision = decide(analysis, weights, config, latency)
     counts = analysis.sensitivity.forward_counts if analysis.sensitivity else {}
     recon = (
-        reconstructed_weights(
-            analysis.operator, analysis.layers, weights, decision.candidates, analysis.chains
-        )
+        reconstructed_weights(analysis.operator, analysis.layers, weights, decision.candidates)
         if analysis.operator is not None
         else {}
     )

@@ -261,17 +261,26 @@ def test_sparse_conv_hessian_equals_dense_conv_when_every_site_is_active(stride,
     )
 
 
-def test_channel_removal_zeroes_the_filters_of_least_output_energy():
-    x = _correlated(200, 6, seed=13)
+def test_channel_order_greedy_choice_is_brute_force_optimal_on_the_consumer():
+    """Channel decisions are made on the consumer: the first channel of the greedy order is the one
+    whose removal, with the consumer's other inputs refit by least squares, costs least."""
+    x = _correlated(300, 6, seed=13)
     h = _hessian(x)
-    weight = torch.randn(5, 6, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
-    weight[3] *= 0.01  # the quietest filter by output energy
-    new = ObsLayer.build((5, 6), 1, h, 0.01).prune(weight, "channel", 0.2)
-    energy = ((x @ weight.T) ** 2).sum(dim=0)
-    assert int(energy.argmin()) == 3
-    assert torch.equal(new[3], torch.zeros(6, dtype=new.dtype))
-    keep = [0, 1, 2, 4]
-    assert torch.equal(new[keep], weight[keep])  # the producer side is exact: other filters untouched
+    weight = torch.randn(4, 6, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    layer = ObsLayer.build((4, 6), 1, h, TINY_DAMP)
+    order = layer.input_order(weight, torch.zeros(6, dtype=torch.bool))
+    assert len(order) == 5 and len(set(order)) == 5  # all channels but one, no repeats
+    costs = []
+    for c in range(6):
+        keep = [j for j in range(6) if j != c]
+        refit = torch.stack([torch.from_numpy(_lstsq_refit(x, weight[r], keep, {c: 0.0})) for r in range(4)])
+        costs.append(reconstruction_error(weight, refit, h))
+    assert order[0] == int(np.argmin(costs))
+    assert sorted(costs)[1] > min(costs) * 1.01  # a real choice
+    # A producer filter that is already all zero goes first, in index order.
+    first = torch.zeros(6, dtype=torch.bool)
+    first[[4, 1]] = True
+    assert layer.input_order(weight, first)[:2] == [1, 4]
 
 
 def test_consumer_refit_is_the_least_squares_optimum_without_the_removed_channels():
