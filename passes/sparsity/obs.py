@@ -24,10 +24,11 @@ groups (4 consecutive input channels at a fixed kernel position, as ``nm_mask`` 
 consecutive columns.
 
 Dampening rule (``dampen``): H_d = H + λ·I with λ = percdamp · mean(diag H) over the live inputs
-(H_qq > 0), λ = 1 when no input is live. A dead input (H_qq = 0 on the calibration data; H is PSD, so its
-whole row and column are 0) becomes a decoupled coordinate with H_d,qq = λ: the objective is the ridge
-‖XΔwᵀ‖² + λ‖Δw‖², a dead weight costs λ·w_q² to remove and receives no update. If the Cholesky
-factorization still fails (rounding on a nearly singular H), λ is multiplied by 10, at most 6 times.
+(H_qq > 0), λ = percdamp when no input is live. A dead input (H_qq = 0 on the calibration data; H is PSD,
+so its whole row and column are 0) becomes a decoupled coordinate with H_d,qq = λ: the objective is the
+ridge Δw·H_d·Δwᵀ = (2/N)‖XΔwᵀ‖² + λ‖Δw‖², a dead weight costs λ·w_q² to remove and receives no
+update. If the Cholesky factorization still fails (rounding on a nearly singular H), λ is multiplied by
+10, at most 6 times.
 """
 
 from __future__ import annotations
