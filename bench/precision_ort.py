@@ -44,6 +44,25 @@ def _cut(path: Path, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
     return Extractor(model).extract_model(inputs, outputs)
 
 
+def _whole_graph(out: Path, feeds: dict, runs: int, warmup: int) -> dict:
+    """The whole graph (sparse-conv function bodies attached), FP32 vs INT8, alternating runs."""
+    from sparsefuse.passes.precision.capture import session
+
+    sessions = {"fp32": session(onnx.load(out / "passes" / "model.onnx"), optimize=True),
+                "int8": session(onnx.load(out / "precision" / "model.onnx"), optimize=True)}
+    for s in sessions.values():
+        for _ in range(warmup):
+            s.run(None, feeds)
+    times: dict[str, list[float]] = {"fp32": [], "int8": []}
+    for _ in range(runs):
+        for key, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, feeds)
+            times[key].append((time.perf_counter() - start) * 1e3)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {"median_ms": medians, "ratio_fp32_over_int8": medians["fp32"] / medians["int8"], "runs": runs}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="a compile --precision int8 artifact directory")
@@ -86,6 +105,7 @@ def main() -> None:
             "qdq_nodes": sum(n.op_type == "QuantizeLinear" for n in models["int8"].graph.node),
             "max_rel_error": {o: float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-30))
                               for o, a, b in zip(outputs, ref, got, strict=True)}}
+    result["whole_graph"] = _whole_graph(args.out, dict(feeds), max(5, args.runs // 3), args.warmup)
     summed = {k: statistics.median([sum(x) for x in zip(*v, strict=True)]) for k, v in totals.items()}
     result["dense_total_median_ms"] = summed
     result["dense_total_ratio"] = summed["fp32"] / summed["int8"]

@@ -48,13 +48,13 @@ def register(subparsers: Any) -> None:
                              "fp32 (default); fp16 with FP32 islands measured on calibration frames; int8 "
                              "with explicit Q/DQ (post-training calibration); writes OUT/precision/")
     parser.add_argument("--calibrator", default=None,
-                        help="int8 activation calibrator: max, percentile (default, 99.99; percentile=99.9 "
+                        help="int8 activation calibrator: max (default), percentile (99.99; percentile=99.9 "
                              "for another), entropy (KL, TensorRT-style), mse")
     parser.add_argument("--calib-frames", type=int, default=None,
                         help="calibration frames of the precision stage (default 8)")
     parser.add_argument("--int8-sensitivity", type=float, default=None, metavar="FRACTION",
                         help="int8: keep an activation float when quantizing it alone moves an output by "
-                             "more than this fraction of its range on the calibration frames (default 0.02; "
+                             "more than this fraction of its range on the calibration frames (default 0.1; "
                              "1 quantizes every site)")
     parser.set_defaults(func=run)
 

@@ -11,8 +11,9 @@ from sparsefuse.passes.precision.config import check_target_precision, make_prec
 
 
 def test_defaults_and_percentile_value():
-    assert make_precision_config("int8").calibrator == "percentile"
-    assert make_precision_config("int8").percentile == 99.99
+    assert make_precision_config("int8").calibrator == "max"
+    assert make_precision_config("int8", "percentile").percentile == 99.99
+    assert make_precision_config("int8").int8_sensitivity == 0.1
     config = make_precision_config("int8", "percentile=99.9", 4, int8_sensitivity=0.05)
     assert (config.percentile, config.calib_frames, config.int8_sensitivity) == (99.9, 4, 0.05)
 
