@@ -98,6 +98,22 @@ def test_int8_compile_verifies_with_a_bound_derived_from_the_scales(int8_out):
     assert set(verify["rule"]["bounds"]) == {"logits", "probs"}
     worst = max(o["max_abs"] for f in verify["frames"] for o in f["outputs"].values())
     assert worst > 1e-4  # really quantized: far from the float32 rule
+    assert report["config"]["int8_sensitivity"] == 0.1
+    assert set(report["sensitivity"]) >= set(report["plan"]["activations_per_tensor"])
+    assert not set(report["kept_float"]) & set(report["plan"]["activations_per_tensor"])
+
+
+def test_an_unchanged_int8_recompile_is_cached_and_a_new_calibrator_is_not(user_dir, int8_out):
+    assert _compile(user_dir, "int8", "--precision", "int8", "--calibrator", "max",
+                    "--calib-frames", "4") == 0
+    stages = json.loads((int8_out / "compile.json").read_text())["stages"]
+    assert stages["precision"]["cached"] is True and stages["verify"]["cached"] is True
+    assert _compile(user_dir, "int8", "--precision", "int8", "--calibrator", "mse",
+                    "--calib-frames", "4") == 0
+    stages = json.loads((int8_out / "compile.json").read_text())["stages"]
+    assert stages["export"]["cached"] is True and stages["precision"]["cached"] is False
+    report = json.loads((int8_out / "precision" / "report.json").read_text())
+    assert report["calibration"]["calibrator"] == "mse"
 
 
 def test_a_broken_int8_graph_fails_the_derived_bound(int8_out):
