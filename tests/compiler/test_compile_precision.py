@@ -178,3 +178,23 @@ def test_a_target_without_int8_rates_is_refused(user_dir, capsys):
     assert _compile(user_dir, "noint8", "--precision", "int8", target=str(target)) == 2
     line = _error(capsys)
     assert "cannot run int8" in line and "int8_dense_tops is 0" in line and "(hint:" in line
+
+
+def test_two_four_sparsity_survives_int8_in_a_compile(user_dir):
+    """--sparsity pattern=2:4 then --precision int8: every pruned weight is an exact int8 zero and each
+    group of 4 along Cin keeps at most 2 nonzeros, so TensorRT can still run it on sparse tensor cores."""
+    assert _compile(user_dir, "sparse_int8", "--precision", "int8", "--calib-frames", "3",
+                    "--sparsity", "budget=params=0.6,pattern=2:4,calib=2") == 0
+    out = user_dir / "sparse_int8"
+    pruned = _initializers(out / "sparsity" / "model.onnx")
+    typed = _initializers(out / "precision" / "model.onnx")
+    two_four = [name for name, w in pruned.items() if w.ndim == 4 and (w == 0).mean() == 0.5]
+    assert two_four, "the plan pruned no conv 2:4"
+    for name in two_four:
+        q = typed[f"{name}__int8"]
+        assert q.dtype == np.int8 and np.all(q[pruned[name] == 0] == 0)
+        assert (q.transpose(0, 2, 3, 1).reshape(-1, 4) != 0).sum(axis=1).max() <= 2
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
