@@ -21,6 +21,7 @@ def write_report(out: Path, config: Any, records: Sequence[Any]) -> Path:
     verify = _load(out / "verify.json")
     profile = _load(out / "profile.json")
     plan = _load(out / "sparsity" / "plan.json") if config.sparsity is not None else None
+    precision = _load(out / "precision" / "report.json") if getattr(config, "precision", None) else None
     sections = [
         _config_section(config),
         _conversion_section(_load(out / "export" / "conversion.json")),
@@ -29,6 +30,7 @@ def write_report(out: Path, config: Any, records: Sequence[Any]) -> Path:
         _latency_section(profile),
         _modules_section(profile),
         _sparsity_section(plan, out) if plan is not None else "",
+        _precision_section(precision) if precision is not None else "",
         _engine_section(out, records),
     ]
     return write_text(out / "report.md", "\n".join(s for s in sections if s))
@@ -72,6 +74,23 @@ def _stages_section(records: Sequence[Any]) -> str:
     rows = [(r.name, f"{r.wall_s:.2f}", "cached" if r.cached else "ran") for r in records]
     total = sum(r.wall_s for r in records)
     return "## Stages\n\n" + _table(("stage", "wall [s]", ""), rows) + f"\nTotal {total:.1f} s.\n"
+
+
+def _precision_section(report: dict[str, Any]) -> str:
+    """What the precision stage kept in FP32 / float and why (OUT/precision/report.json)."""
+    kept = report.get("islands") or list(report.get("kept_float", {}))
+    what = "FP32 islands" if report.get("precision") == "fp16" else "activations kept float"
+    errors = ", ".join(f"{k} {v:.3g}" if isinstance(v, int | float) else f"{k} {v}"
+                       for k, v in report.get("calibration_error", {}).items())
+    calibrator = report.get("calibration", {}).get("calibrator")
+    rows = [(n, i.get("op"), i.get("precision"), i.get("reason"))
+            for n, i in report.get("custom_ops", {}).items()]
+    return (f"## Precision: {report.get('precision')}\n\n"
+            + (f"Calibrator: {calibrator}. " if calibrator else "")
+            + f"{what}: {', '.join(kept) or 'none'}. Worst error on the {report.get('calibration_frames')} "
+              f"calibration frames (fraction of each output's range): {errors}. Details: "
+              "precision/report.json.\n\n"
+            + (_table(("custom node", "op", "runs", "why"), rows) if rows else ""))
 
 
 def _rule_text(rule: dict[str, Any]) -> str:

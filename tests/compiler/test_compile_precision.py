@@ -81,6 +81,7 @@ def test_fp16_compile_verifies_with_the_float16_rule(user_dir):
     record = json.loads((out / "compile.json").read_text())
     assert record["stage_order"].index("precision") == record["stage_order"].index("passes") + 1
     assert record["config"]["precision"]["precision"] == "fp16"
+    assert "## Precision: fp16" in (out / "report.md").read_text()
 
 
 def test_int8_compile_verifies_with_a_bound_derived_from_the_scales(int8_out):
