@@ -6,7 +6,8 @@ the compile directory, so the trtexec recipes find the model where they expect i
     native/                      CMakeLists.txt, cmake/, plugins/**/*.cu|cuh|h|cpp (plugin + kernels)
     engine/<target>/             build_engine.sh, profile_engine.sh (and the backend's text outputs)
     quantization/                calibration / scales, when the compile made any
-    sparsity/plan.json           the per-layer sparsity decision, when there is one
+    sparsity/plan.json           the per-layer sparsity decision, when there is one (and
+                                 weights.safetensors, an OBS plan's reconstructed weights)
     golden/inputs_<i>.npz, outputs_<i>.npz, tolerances.json   torch-reference frames
     latency/budget.json, latency/profile.json                  budget and the last profile (label kept)
     compile.json                 the compile record (config, versions, hashes)
@@ -354,6 +355,9 @@ def collect(opts: HandoffOptions, stage: Path) -> dict[str, Any]:
                 _copy(path, stage / "quantization" / path.relative_to(out / name))
     if (out / "sparsity" / "plan.json").is_file():
         _copy(out / "sparsity" / "plan.json", stage / "sparsity" / "plan.json")
+        weights = out / "sparsity" / "weights.safetensors"  # an OBS plan's reconstructed weights
+        if weights.is_file():
+            _copy(weights, stage / "sparsity" / "weights.safetensors")
 
     for i, (inputs, outputs) in enumerate(pairs):
         write_bytes(stage / "golden" / f"inputs_{i}.npz", bundle.npz_bytes(inputs))

@@ -314,3 +314,32 @@ def test_a_profile_for_another_target_is_not_the_bundles_latency_claim(tmp_path)
     user_toml.write_text(toml.replace('tag = "jetson/agx-orin-64gb"', 'tag = "lab/orin-bench"'))
     assert main(["handoff", str(out), "--target", str(user_toml)]) == 0
     assert (out / "handoff" / "lab_orin-bench" / "manifest.json").is_file()
+
+
+def test_an_obs_plan_ships_its_reconstructed_weights(tmp_path):
+    import numpy as np
+    import torch
+
+    import sparsefuse
+    from sparsefuse.compiler.cli import main
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, points):
+            return self.net(points).amax(0, keepdim=True)
+
+    frames = [{"points": np.random.default_rng(i).random((12 + i, 8), dtype=np.float32)} for i in range(4)]
+    out = tmp_path / "out"
+    result = sparsefuse.compile(Head(), frames, target="cpu", out=out, verify_frames=1,
+                                sparsity="budget=params=0.5,allocator=rdprune,operator=obs,calib=3,levels=3")
+    assert result.verify_passed and (out / "sparsity" / "weights.safetensors").is_file()
+    assert main(["handoff", str(out), "--target", "cpu"]) == 0
+    shipped = out / "handoff" / "cpu" / "sparsity" / "weights.safetensors"
+    assert shipped.read_bytes() == (out / "sparsity" / "weights.safetensors").read_bytes()
+    assert main(["verify", str(out / "handoff" / "cpu"), "--run"]) == 0
