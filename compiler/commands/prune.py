@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 
+# The --help text: the module docstring without its reStructuredText markup.
+DESCRIPTION = __doc__.replace("``", "")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prune",
         help="allocate and apply layer-wise sparsity (plan.json, curves, plots)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True,
@@ -56,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="synthetic-benchmark scene seeds A:B for calibration (default: models/frames.py random frames)",
     )
     p.add_argument("--data-cache", default="runs/data", help="frame cache of sparsefuse data/train")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of a preset's initial weights and calibration frames, of synthetic frames "
+                        "and of the 2:4 permutation search (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on shared CPUs)")
     p.add_argument("--out", required=True, help="output directory (writes OUT/sparsity/)")
     p.set_defaults(func=run)
@@ -67,9 +72,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from sparsefuse.models.frames import check_num_points
     from sparsefuse.passes.sparsity.config import config_from_options
     from sparsefuse.passes.sparsity.stage import run_sparsity_stage
 
+    check_num_points(args.num_points, "--num-points")
     config = config_from_options(
         args.budget,
         allocator=args.allocator,
