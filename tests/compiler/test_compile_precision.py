@@ -199,3 +199,18 @@ def test_two_four_sparsity_survives_int8_in_a_compile(user_dir):
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
     return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+
+
+def test_python_api_takes_the_precision_options(tmp_path):
+    import sparsefuse
+
+    namespace: dict = {}
+    exec(compile(MODEL_FILE, "dense.py", "exec"), namespace)  # noqa: S102 (the test's own model source)
+    frames = [{"images": np.random.default_rng(i).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)}
+              for i in range(4)]
+    result = sparsefuse.compile(namespace["build"](), frames, target="cpu", out=tmp_path / "api",
+                                precision="int8", calibrator="percentile=99.9", calib_frames=2)
+    assert result.verify_passed
+    report = json.loads((tmp_path / "api" / "precision" / "report.json").read_text())
+    assert (report["calibration"]["calibrator"], report["calibration"]["percentile"]) == ("percentile", 99.9)
+    assert report["calibration_frames"] == 2
