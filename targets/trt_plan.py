@@ -50,7 +50,8 @@ class ShapeRange:
 class TrtOptions:
     """Engine build options. ``None`` fields take the target's defaults.
 
-    precision: "fp16" (default), "int8" (explicit Q/DQ graphs only) or "fp32".
+    precision: None (default: follow the graph, see ``precision_flags``), "fp16", "int8" (explicit
+        Q/DQ graphs only) or "fp32".
     sparsity: use 2:4 sparse tactics (default: on where the target has sparse tensor cores).
     dla_core: run on this DLA core with GPU fallback (Jetson Orin / Xavier only).
     dynamic_dims: observed sizes of dynamic input dimensions, e.g. {"points": [31000, 35012]}
@@ -63,7 +64,7 @@ class TrtOptions:
         getCreators; --dynamicPlugins, TensorRT >= 10).
     """
 
-    precision: str = "fp16"
+    precision: str | None = None
     sparsity: bool | None = None
     dla_core: int | None = None
     gpu_fallback: bool = True
@@ -78,7 +79,7 @@ class TrtOptions:
     profile_warmup_ms: int = 500
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise SparsefuseError(
                 f"precision '{self.precision}' is not supported", f"choose {', '.join(PRECISIONS)}"
             )
@@ -122,6 +123,7 @@ class TrtBuildPlan:
     profile_warmup_ms: int
     is_jetson: bool
     warnings: tuple[str, ...] = field(default=())
+    strongly_typed: bool = False  # trtexec --stronglyTyped / the STRONGLY_TYPED network flag
 
     @property
     def engine_path(self) -> Path:
@@ -157,6 +159,63 @@ def _graph_facts(onnx_path: Path) -> tuple[dict[str, list[int | str]], bool, boo
     custom = any(n.domain == CUSTOM_DOMAIN for n in model.graph.node)
     qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     return shapes, custom, qdq
+
+
+def graph_precision(onnx_path: str | Path) -> str:
+    """The precision the graph itself carries: "int8" (explicit Q/DQ), "fp16" (float16 tensors or
+    casts: a strongly typed mixed-precision graph from the precision stage) or "fp32" (untyped)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes = model.graph.node
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
+        return "int8"
+    half = onnx.TensorProto.FLOAT16
+    casts = any(n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute)
+                for n in nodes)
+    inits = any(i.data_type == half for i in model.graph.initializer)
+    return "fp16" if casts or inits else "fp32"
+
+
+def tensorrt_release(version: str | None) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string ("10.3" -> (10, 3)); (10, 0) when unknown."""
+    parts = [int(p) for p in (version or "").split(".")[:2] if p.isdigit()]
+    return (parts[0], parts[1] if len(parts) > 1 else 0) if parts else (10, 0)
+
+
+# --stronglyTyped exists in trtexec from TensorRT 10.12; TensorRT 11 has only strong typing.
+STRONGLY_TYPED_FROM = (10, 12)
+STRONG_ONLY_FROM = (11, 0)
+
+
+def precision_flags(
+    release: tuple[int, int], requested: str | None, carried: str
+) -> tuple[bool, bool, bool, str]:
+    """(fp16 flag, int8 flag, strongly typed, note) for a build: the graph's own precision wins
+    where TensorRT can honour it (docs/design.md §6).
+
+    - TensorRT >= 11: strongly typed only, never --fp16/--int8 (they were removed);
+    - 10.12 .. 10.x: --stronglyTyped for a typed graph (fp16 casts or Q/DQ), legacy flags otherwise;
+    - older: legacy flags (the graph's FP32 islands are then a hint TensorRT may override).
+    ``requested`` None follows the graph (an untyped graph on TensorRT 10 builds with --fp16, as
+    before); "fp32" asks for no reduced precision.
+    """
+    if release >= STRONG_ONLY_FROM:
+        note = ""
+        if requested in ("fp16", "int8") and carried == "fp32":
+            note = (f"TensorRT {release[0]} is strongly typed: this FP32 graph builds an FP32 engine; "
+                    f"compile with --precision {requested} to put the precision in the graph")
+        return False, False, True, note
+    typed = carried in ("fp16", "int8")
+    if typed and release >= STRONGLY_TYPED_FROM:
+        return False, False, True, ""
+    precision = requested or ("int8" if carried == "int8" else "fp16")
+    note = ""
+    if typed:
+        note = (f"TensorRT {release[0]}.{release[1]} has no --stronglyTyped (from 10.12): the graph's "
+                f"{carried} types are built with the legacy --{precision} flag, which may override its "
+                "FP32 islands")
+    return precision in ("fp16", "int8"), precision == "int8", False, note
 
 
 def range_from_counts(counts: Sequence[int]) -> tuple[int, int, int]:
@@ -229,7 +288,12 @@ def make_plan(
             "precision int8 needs an explicitly quantized graph (QuantizeLinear/DequantizeLinear nodes)",
             "quantize the model first, or build with precision fp16",
         )
-    if options.precision == "int8" and not features["int8_tensor_cores"]:
+    carried = graph_precision(onnx_path)
+    release = tensorrt_release(target.tensorrt)
+    fp16, int8, strongly_typed, note = precision_flags(release, options.precision, carried)
+    if note:
+        warnings.append(note)
+    if (options.precision == "int8" or carried == "int8") and not features["int8_tensor_cores"]:
         raise SparsefuseError(f"target '{target.tag}' has no INT8 tensor cores", "build with precision fp16")
     sparse = features["sparse_2to4"] if options.sparsity is None else options.sparsity
     if sparse and not features["sparse_2to4"]:
@@ -243,7 +307,7 @@ def make_plan(
                 f"dla_core={options.dla_core} out of range: '{target.tag}' has {target.dla_cores} DLA cores",
                 "use a DLA core index below the target's dla_cores, or omit it",
             )
-        if options.precision == "fp32":
+        if options.precision == "fp32" or (not fp16 and not strongly_typed):
             raise SparsefuseError("DLA runs FP16 or INT8 only", "build with precision fp16 for DLA")
         if not options.gpu_fallback:
             warnings.append(
@@ -272,8 +336,8 @@ def make_plan(
         tensorrt_version=target.tensorrt or "",
         onnx_path=onnx_path,
         out_dir=Path(out_dir).resolve(),
-        fp16=options.precision in ("fp16", "int8"),
-        int8=options.precision == "int8",
+        fp16=fp16,
+        int8=int8,
         sparse_weights=bool(sparse),
         dla_core=options.dla_core,
         gpu_fallback=options.gpu_fallback,
@@ -287,4 +351,5 @@ def make_plan(
         profile_warmup_ms=options.profile_warmup_ms,
         is_jetson=target.is_jetson,
         warnings=tuple(warnings),
+        strongly_typed=strongly_typed,
     )

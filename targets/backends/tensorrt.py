@@ -131,7 +131,9 @@ def build_engine(plan: TrtBuildPlan, api: SimpleNamespace, plugin_library: str |
             trt.get_plugin_registry().load_library(library)
         else:
             api.LoadPlugins(plugins=[library])()
-    network = api.NetworkFromOnnxPath(str(plan.onnx_path))
+    # Strongly typed: the graph's casts and Q/DQ decide each layer's precision (TensorRT 11 knows no
+    # other way; on 10.x the plan asks for it where the graph is typed).
+    network = api.NetworkFromOnnxPath(str(plan.onnx_path), strongly_typed=plan.strongly_typed or None)
     profiles = []
     for shape in plan.profiles:
         profiles.append(api.Profile().add(shape.name, min=shape.min, opt=shape.opt, max=shape.max))

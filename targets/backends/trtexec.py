@@ -72,7 +72,8 @@ def _build_args(plan: TrtBuildPlan) -> list[Arg]:
     args: list[Arg] = [("--onnx=", ONNX)]
     if plan.plugin_library:
         args.append((plugin_flag(plan), PLUGIN_LIB))
-    flags = [("--fp16", plan.fp16), ("--int8", plan.int8), ("--sparsity=enable", plan.sparse_weights)]
+    flags = [("--stronglyTyped", plan.strongly_typed), ("--fp16", plan.fp16), ("--int8", plan.int8),
+             ("--sparsity=enable", plan.sparse_weights)]
     args += [(flag,) for flag, on in flags if on]
     if plan.profiles:
         args += [

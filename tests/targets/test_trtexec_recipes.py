@@ -267,3 +267,82 @@ def test_plugin_library_default_path(onnx_path, tmp_path):
     assert 'PLUGIN_LIB="${SPARSEFUSE_TRT_PLUGINS:-$HERE/libsparsefuse_trt_plugins.so}"' in relative
     absolute = trtexec.render_build_script(orin_plan(onnx_path, tmp_path, plugin_library="/opt/sf/libsf.so"))
     assert 'PLUGIN_LIB="${SPARSEFUSE_TRT_PLUGINS:-/opt/sf/libsf.so}"' in absolute
+
+
+# TensorRT 11 removed weak typing: these trtexec flags are gone, --stronglyTyped is implied.
+TRT11_REMOVED = {"--fp16", "--int8", "--best", "--calib", "--bf16", "--fp8"}
+TRT11_FLAGS = (TRT10_FLAGS - TRT11_REMOVED) | {"--stronglyTyped"}
+
+
+def _typed(model: onnx.ModelProto, kind: str) -> onnx.ModelProto:
+    """The toy graph as the precision stage would leave it: an fp16 Cast, or a Q/DQ pair."""
+    from onnx import TensorProto, helper
+
+    first = model.graph.node[0]
+    name = first.input[0]
+    if kind == "fp16":
+        nodes = [helper.make_node("Cast", [name], ["x16"], to=TensorProto.FLOAT16),
+                 helper.make_node("Cast", ["x16"], ["x32"], to=TensorProto.FLOAT)]
+    else:
+        model.graph.initializer.extend([helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+                                        helper.make_tensor("z", TensorProto.INT8, [], [0])])
+        nodes = [helper.make_node("QuantizeLinear", [name, "s", "z"], ["xq"]),
+                 helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x32"])]
+    first.input[0] = "x32"
+    model.graph.node.insert(0, nodes[1])
+    model.graph.node.insert(0, nodes[0])
+    return model
+
+
+def _target_with_trt(tmp_path, version: str):
+    from pathlib import Path
+
+    registry = Path(__file__).resolve().parents[2] / "targets" / "registry"
+    text = (registry / "desktop-h100.toml").read_text()
+    text = text.replace('tag = "desktop/h100"', f'tag = "lab/h100-trt{version.replace(".", "-")}"')
+    lines = [f'tensorrt = "{version}"' if line.startswith("tensorrt = ") else line
+             for line in text.splitlines()]
+    path = tmp_path / f"h100-{version}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return get_target(str(path))
+
+
+@pytest.mark.parametrize("version,graph,requested,expected", [
+    # TensorRT 11: only strong typing, whatever the graph and the request.
+    ("11.1", "fp32", None, {"--stronglyTyped"}),
+    ("11.1", "fp16", None, {"--stronglyTyped"}),
+    ("11.1", "int8", None, {"--stronglyTyped"}),
+    ("11.1", "fp32", "fp16", {"--stronglyTyped"}),
+    # TensorRT 10.12+: typed graphs strongly typed, untyped ones the legacy flags.
+    ("10.16", "fp16", None, {"--stronglyTyped"}),
+    ("10.16", "int8", None, {"--stronglyTyped"}),
+    ("10.16", "fp32", None, {"--fp16"}),
+    ("10.16", "fp32", "fp32", set()),
+    # TensorRT 10.3 (JetPack 6): no --stronglyTyped yet, legacy flags.
+    ("10.3", "fp16", None, {"--fp16"}),
+    ("10.3", "int8", None, {"--fp16", "--int8"}),
+    ("10.3", "fp32", None, {"--fp16"}),
+])
+def test_precision_flags_follow_the_tensorrt_version_and_the_graph(onnx_path, tmp_path, version, graph,
+                                                                    requested, expected):
+    model = onnx.load(str(onnx_path))
+    if graph != "fp32":
+        onnx.save(_typed(model, graph), str(onnx_path))
+    target = _target_with_trt(tmp_path, version)
+    plan = make_plan(onnx_path, target, TrtOptions.with_point_counts([20000], precision=requested),
+                     tmp_path / "engine")
+    argv = set(flag_names(trtexec.build_argv(plan)))
+    assert argv & {"--stronglyTyped", "--fp16", "--int8", "--best"} == expected
+    allowed = TRT11_FLAGS if version.startswith("11") else TRT10_FLAGS | {"--stronglyTyped"}
+    assert argv <= allowed, argv - allowed
+    if version == "11.1" and graph == "fp32" and requested == "fp16":
+        assert any("strongly typed" in w for w in plan.warnings)
+    if version == "10.3" and graph != "fp32":
+        assert any("--stronglyTyped" in w for w in plan.warnings)
+
+
+def test_jetson_recipes_are_tensorrt_10_syntax_and_carry_no_strong_typing_flag(onnx_path, tmp_path):
+    onnx.save(_typed(onnx.load(str(onnx_path)), "fp16"), str(onnx_path))
+    argv = trtexec.build_argv(orin_plan(onnx_path, tmp_path))
+    assert "--stronglyTyped" not in argv and "--fp16" in argv  # JetPack 6 ships TensorRT 10.3
+    assert set(flag_names(argv)) <= TRT10_FLAGS
