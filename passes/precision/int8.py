@@ -36,6 +36,7 @@ from sparsefuse.plugins.common import DOMAIN
 
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 INT8_MAX = 127
+PARAM_MAP_KEY = "sparsefuse.param_map"  # torch name -> initializer name (targets/cost_model.py)
 _MIN_SCALE = 1e-12  # an all-zero channel still needs a positive scale
 
 
@@ -64,12 +65,17 @@ class QuantPlan:
 
 
 def plan_int8(model: onnx.ModelProto, backend: str | None = "tensorrt",
-              keep_float: frozenset[str] = frozenset()) -> QuantPlan:
+              keep_float: frozenset[str] = frozenset(),
+              layers: frozenset[str] | None = None) -> QuantPlan:
     """Decide the Q/DQ sites of ``model`` for ``backend`` (see the module docstring).
     ``keep_float``: activation tensors left unquantized (too sensitive); a layer reading one keeps
-    its float weight too (TensorRT has no INT8 kernel for a float input)."""
+    its float weight too (TensorRT has no INT8 kernel for a float input).
+    ``layers``: per-layer selection (a mixed-precision plan): only the layers whose weight
+    initializer (or torch parameter name, via the export's param map) is listed get Q/DQ; every
+    other layer, activation x activation MatMuls included, stays float. None: all layers."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
+    selected = None if layers is None else _selected_initializers(model, layers)
     plan = QuantPlan()
     quantized_outputs: set[str] = set()
     for node in graph.node:
@@ -83,6 +89,9 @@ def plan_int8(model: onnx.ModelProto, backend: str | None = "tensorrt",
         weight_index = 1
         axis = _weight_axis(node, inits)
         weight = node.input[weight_index] if len(node.input) > weight_index else ""
+        if selected is not None and weight not in selected:
+            plan.skipped[node.name] = "stays float: the mixed-precision plan keeps this layer fp16"
+            continue
         if node.op_type == "MatMul" and weight not in inits:  # activation x activation: both per tensor
             if set(node.input[:2]) & keep_float:
                 plan.skipped[node.name] = "an input stays float: too sensitive to INT8"
@@ -112,6 +121,17 @@ def plan_int8(model: onnx.ModelProto, backend: str | None = "tensorrt",
     plan.activations = list(dict.fromkeys(plan.activations))
     plan.residuals = list(dict.fromkeys(plan.residuals))
     return plan
+
+
+def _selected_initializers(model: onnx.ModelProto, layers: frozenset[str]) -> set[str]:
+    """Initializer names of ``layers`` (initializer names, or torch names through the param map)."""
+    import json
+
+    to_init: dict[str, str] = {}
+    for prop in model.metadata_props:
+        if prop.key == PARAM_MAP_KEY:
+            to_init = {str(k): str(v) for k, v in json.loads(prop.value).items()}
+    return {to_init.get(name, name) for name in layers}
 
 
 def _weight_axis(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> int | None:
@@ -152,15 +172,17 @@ def activation_qparams(amax: float, unsigned: bool, nonnegative: bool) -> tuple[
 def quantize_int8(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
     """The QDQ pass. ``ctx.options["int8"]``: ``amax`` {activation tensor: calibrated amax} for every
     tensor of :func:`plan_int8`'s ``calibrated``; ``nonnegative`` (tensors never negative);
-    ``keep_float`` (activations left float); probes only: ``only`` (quantize just these
-    activations), ``weights`` (False: leave the weights float)."""
+    ``keep_float`` (activations left float); ``layers`` (per-layer selection, :func:`plan_int8`);
+    probes only: ``only`` (quantize just these activations), ``weights`` (False: leave the weights float)."""
     amax: dict[str, float] = ctx.options["int8"]["amax"]
     nonnegative: set[str] = set(ctx.options["int8"].get("nonnegative", ()))
     unsigned = ctx.target_backend == "onnxruntime"
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opts = ctx.options["int8"]
-    plan = plan_int8(out, ctx.target_backend, frozenset(opts.get("keep_float", ())))
+    layers = opts.get("layers")
+    plan = plan_int8(out, ctx.target_backend, frozenset(opts.get("keep_float", ())),
+                     None if layers is None else frozenset(layers))
     if "only" in opts:  # probes (stage.py): quantize just these activations
         plan.activations = [t for t in plan.activations if t in opts["only"]]
         plan.residuals = [t for t in plan.residuals if t in opts["only"]]
