@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -87,8 +88,37 @@ def _check_floor(costs: Sequence[Sequence[float]], config: SparsityConfig, patte
         raise SparsefuseError(
             f"{config.budget_kind} budget {config.budget:g} is below the smallest achievable fraction "
             f"{floor / dense_total:.4f} for pattern {pattern!r}",
-            f"use a budget ≥ {floor / dense_total:.4f} or another pattern",
+            f"use {_budget_form(config, _round_up(floor / dense_total))} or more, or another pattern",
         )
+
+
+def _round_up(fraction: float) -> float:
+    """The fraction rounded up to 4 decimals, so that the suggested budget is feasible."""
+    return math.ceil(fraction * 10_000 - 1e-9) / 10_000
+
+
+def _budget_form(config: SparsityConfig, fraction: float) -> str:
+    if config.budget_kind == "latency":
+        return f"--budget latency={config.latency_table}@{fraction:g}"
+    return f"--budget {config.budget_kind}={fraction:g}"
+
+
+def check_latency_table(config: SparsityConfig, latency: Mapping[str, Mapping[str, float]]) -> None:
+    """Refuse a latency budget that even the table's cheapest plan (every layer at its cheapest
+    ``dense@0`` / ``<pattern>@level`` entry) cannot meet. Needs only the table, so it runs before any
+    forward; the exact check (``check_budget``, with the layers' real candidates) follows discovery.
+    The table is assumed to list the model's prunable layers (it is profiled for this model)."""
+    dense_total = floor = 0.0
+    for row in latency.values():
+        allowed = [ms for key, ms in row.items() if key == "dense@0" or key.startswith(f"{config.pattern}@")]
+        if "dense@0" not in row or not allowed:
+            continue  # candidate_cost names the missing entry once the layers are known
+        dense_total += row["dense@0"]
+        floor += min(allowed)
+    if dense_total <= 0:
+        raise SparsefuseError(f"latency table {config.latency_table} has no positive dense@0 time",
+                              "profile each layer's dense@0 and its candidates (keys like unstructured@0.5)")
+    _check_floor([[dense_total, floor]], config, config.pattern)
 
 
 def check_budget(analysis: Analysis, config: SparsityConfig, latency: Mapping | None = None) -> None:

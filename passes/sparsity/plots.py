@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -74,6 +74,39 @@ def plot_rd_curves(
     ax.set_ylabel("δᵈ: normalized output MSE (layer alone pruned)")
     ax.set_title("per-layer rate-distortion curves", fontsize=9)
     _legend(ax, modalities)
+    return _save(fig, dest)
+
+
+# Bar colours of the 2:4 alternatives; dense has δ = 0, which a log axis cannot draw.
+NM_COLORS = {"2:4": "tab:orange", "2:4 + permutation": "tab:purple"}
+
+
+def plot_nm_alternatives(
+    names: Sequence[str],
+    alternatives: Mapping[str, Sequence[float | None]],
+    chosen: Sequence[str],
+    dest: Path,
+) -> Path:
+    """2:4 has one level, so RD curves are a column of points: instead, per layer, grouped bars of the
+    distortion of each alternative it had (``alternatives``: label -> δ per layer, None = not offered).
+    Dense (δ = 0) is written under the bars; ``chosen`` is each layer's pick (dense / 2:4 / ...)."""
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.32 * len(names)), 4.4))
+    width = 0.8 / max(len(alternatives), 1)
+    drawn = [v for row in alternatives.values() for v in row if v is not None and v > 0]
+    floor = min(drawn, default=1.0) / 10
+    for j, (label, values) in enumerate(alternatives.items()):
+        xs = [i + (j - (len(alternatives) - 1) / 2) * width for i in range(len(names))]
+        heights = [v if v is not None and v > 0 else 0.0 for v in values]
+        ax.bar(xs, heights, width, color=NM_COLORS.get(label, "gray"), label=label)
+    for i, pick in enumerate(chosen):
+        ax.annotate(pick, (i, floor), ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
+    ax.set_ylabel("δᵈ: normalized output MSE (layer alone pruned)")
+    ax.set_title("2:4 alternatives per layer (dense: δ = 0; bottom label: the plan's pick)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
     return _save(fig, dest)
 
 

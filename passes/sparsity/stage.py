@@ -24,7 +24,7 @@ from sparsefuse.passes.sparsity.calib import consumer_forward, default_forward, 
 from sparsefuse.passes.sparsity.candidates import candidate_cost
 from sparsefuse.passes.sparsity.channel import ChannelChain, permute_chain
 from sparsefuse.passes.sparsity.config import SparsityConfig
-from sparsefuse.passes.sparsity.decide import Decision, check_budget, decide, final_masks
+from sparsefuse.passes.sparsity.decide import Decision, check_budget, check_latency_table, decide, final_masks
 from sparsefuse.passes.sparsity.discover import discover_layers
 from sparsefuse.passes.sparsity.patterns import retained_magnitude, search_permutation
 from sparsefuse.passes.sparsity.plan import (
@@ -177,8 +177,49 @@ def _site_totals(analysis: Analysis, decision: Decision) -> dict[str, float]:
     return totals
 
 
+def nm_alternatives(analysis: Analysis, unpermuted: Mapping[str, float]) -> dict[str, list[float | None]]:
+    """Label -> δ per layer of each 2:4 alternative (None where the layer did not have it). With
+    permutations, ``analysis`` measured the permuted weights and ``unpermuted`` holds plain 2:4's δ
+    of the permuted layers; a layer without a permutation has the same 2:4 either way."""
+    measured = [
+        next((d for c, d in zip(cands, row, strict=True) if c.pattern == "2:4"), None)
+        for cands, row in zip(analysis.candidates, analysis.distortion(), strict=True)
+    ]
+    if not unpermuted:
+        return {"2:4": measured}
+    names = [layer.name for layer in analysis.layers]
+    return {
+        "2:4": [unpermuted.get(n, d) for n, d in zip(names, measured, strict=True)],
+        "2:4 + permutation": [d if n in unpermuted else None for n, d in zip(names, measured, strict=True)],
+    }
+
+
+def unpermuted_nm_distortion(
+    model: torch.nn.Module,
+    frames: Sequence[Any],
+    forward: Callable,
+    analysis: Analysis,
+    permuted: Sequence[str],
+) -> dict[str, float]:
+    """δ of plain 2:4 (magnitude, no permutation) for each permuted layer, on the caller's unpermuted
+    model: what the permutation search bought, for the 2:4 plot. Costs one replayed candidate per layer."""
+    from sparsefuse.passes.sparsity.candidates import DENSE, Candidate, candidate_masks
+    from sparsefuse.passes.sparsity.sensitivity import measure_sensitivity
+
+    layers = [layer for layer in analysis.layers if layer.name in permuted]
+    if not layers:
+        return {}
+    base = copy.deepcopy(model).eval()
+    weights = dict(base.named_parameters())
+    cands = [[Candidate(DENSE, 0.0), Candidate("2:4", 0.5)] for _ in layers]
+    sens = measure_sensitivity(base, frames, forward, layers, cands,
+                               lambda layer, cand: candidate_masks(layer, weights, cand, None))
+    return {layer.name: row[1] for layer, row in zip(layers, sens.distortion, strict=True)}
+
+
 def write_artifacts(
-    analysis: Analysis, plan: SparsityPlan, config: SparsityConfig, out_dir: Path, latency: Mapping | None
+    analysis: Analysis, plan: SparsityPlan, config: SparsityConfig, out_dir: Path, latency: Mapping | None,
+    unpermuted: Mapping[str, float] | None = None,
 ) -> list[Path]:
     from sparsefuse.passes.sparsity import plots
 
@@ -196,7 +237,11 @@ def write_artifacts(
         write_curves(out_dir, names, levels, dist, lam, costs),
         plots.plot_layer_sparsity(plan, out_dir / "layer_sparsity.png"),
     ]
-    if analysis.sensitivity is not None:
+    if analysis.sensitivity is not None and analysis.pattern == "2:4":
+        alternatives = nm_alternatives(analysis, unpermuted or {})
+        chosen = [layer.pattern for layer in plan.layers]
+        paths.append(plots.plot_nm_alternatives(names, alternatives, chosen, out_dir / "rd_curves.png"))
+    elif analysis.sensitivity is not None:
         paths.append(
             plots.plot_rd_curves(
                 names, [layer.modality for layer in analysis.layers], levels, dist, out_dir / "rd_curves.png"
@@ -214,6 +259,26 @@ def write_artifacts(
     return paths
 
 
+class _LayerReporter:
+    """Runs the budget check once the layers are known, then reports each measured layer."""
+
+    def __init__(self, check: Callable[[Analysis], None], progress: Callable[[int, int], None] | None,
+                 layer_progress: Callable[[int, int, str], None] | None) -> None:
+        self.check, self.progress, self.layer_progress = check, progress, layer_progress
+        self.names: list[str] = []
+
+    def before_measure(self, analysis: Analysis) -> None:
+        self.check(analysis)
+        self.names = [layer.name for layer in analysis.layers]
+        self.done(0, len(self.names))
+
+    def done(self, done: int, total: int) -> None:
+        if self.progress and done:
+            self.progress(done, total)
+        if self.layer_progress:
+            self.layer_progress(done, total, self.names[done] if done < len(self.names) else "")
+
+
 def run_sparsity_stage(
     model: torch.nn.Module,
     onnx_model: Any | None,
@@ -224,6 +289,7 @@ def run_sparsity_stage(
     progress: Callable[[int, int], None] | None = None,
     transforms: Sequence[Any] | None = None,
     modality: Callable[[str], str] | None = None,
+    layer_progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[torch.nn.Module, Any | None, SparsityPlan]:
     """-> (pruned torch model with masks applied, pruned ONNX model or None, plan).
 
@@ -233,24 +299,29 @@ def run_sparsity_stage(
     default) δ is measured after each output's consumer transform, else on the raw outputs.
     ``modality``: parameter name -> modality tag (the model spec's ``modality_of``; default: the
     first path component when it is camera / lidar / fusion / head).
+    ``progress(done, total)``: after each layer's sensitivity; ``layer_progress(done, total, name)``
+    also names the layer measured next (for a display; called with done = 0 before the first).
     """
     space = "consumer" if transforms and config.distortion == "consumer" else "raw"
     if space == "consumer":
         forward = consumer_forward(forward, list(transforms or ()))
     if not frames:
         raise SparsefuseError("no calibration frames", "pass --calib N ≥ 1 (or --synthetic)")
+    latency = load_latency_table(config.latency_table) if config.budget_kind == "latency" else None
+    if latency is not None:  # from the table alone: an infeasible budget is refused before any forward
+        check_latency_table(config, latency)
     calib = (
         synthetic_frames(frames[0], config.calib, config.seed)
         if config.synthetic
         else list(frames)[: config.calib]
     )
-    latency = load_latency_table(config.latency_table) if config.budget_kind == "latency" else None
     work = copy.deepcopy(model).eval()
     permutations = (
         search_permutations(work, calib, forward, config.nm_policy, config.seed)
         if config.pattern == "2:4" and config.permute
         else {}
     )
+    reporter = _LayerReporter(lambda a: check_budget(a, config, latency), progress, layer_progress)
     analysis = analyze(
         work,
         calib,
@@ -260,8 +331,8 @@ def run_sparsity_stage(
         forward,
         measure=True,
         worst_case=config.worst_case,
-        progress=progress,
-        before_measure=lambda a: check_budget(a, config, latency),
+        progress=reporter.done,
+        before_measure=reporter.before_measure,
         modality=modality,
         operator=config.operator,
         percdamp=config.obs_percdamp,
@@ -283,7 +354,12 @@ def run_sparsity_stage(
     plan.config["distortion_space"] = space
     plan.config["output_transforms"] = {t.name: t.transform + (f"({t.weight_by})" if t.weight_by else "")
                                         for t in (transforms or ())}
-    write_artifacts(analysis, plan, config, Path(out_dir), latency)
+    unpermuted = (  # only the magnitude operator: OBS reconstructs, so plain 2:4 is not its alternative
+        unpermuted_nm_distortion(model, calib, forward, analysis, list(permutations))
+        if permutations and config.operator == "magnitude"
+        else {}
+    )
+    write_artifacts(analysis, plan, config, Path(out_dir), latency, unpermuted)
     pruned = copy.deepcopy(model).eval()
     apply_plan_torch(pruned, plan)
     pruned_onnx = None

@@ -1,0 +1,80 @@
+"""What a new user hits first: an infeasible latency budget refused before any forward, per-layer
+progress reaching the caller, and the 2:4 plot drawn from each layer's alternatives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparsefuse.errors import SparsefuseError
+from sparsefuse.passes.sparsity import plots
+from sparsefuse.passes.sparsity.analysis import analyze
+from sparsefuse.passes.sparsity.calib import default_forward
+from sparsefuse.passes.sparsity.config import config_from_options
+from sparsefuse.passes.sparsity.stage import run_sparsity_stage
+
+
+def _table(model, frames, path, cheap: float):
+    analysis = analyze(model, frames[:1], "unstructured", levels=3, measure=False)
+    table = {
+        layer.name: {c.key: (1.0 if c.level == 0 else cheap) for c in cands}
+        for layer, cands in zip(analysis.layers, analysis.candidates, strict=True)
+    }
+    path.write_text(json.dumps(table))
+    return path
+
+
+def test_infeasible_latency_budget_is_refused_before_any_forward(model, frames, tmp_path):
+    table = _table(model, frames, tmp_path / "lat.json", cheap=0.7)  # cheapest plan: 0.7 of dense
+    config = config_from_options(f"latency={table}@0.5", levels=3, calib=1)
+    calls = []
+
+    def counting(m, frame):
+        calls.append(1)
+        return default_forward(m, frame)
+
+    with pytest.raises(SparsefuseError) as err:
+        run_sparsity_stage(model, None, config, tmp_path / "out", frames, forward=counting)
+    assert calls == []
+    assert "0.7000" in err.value.message and f"latency={table}@0.7 or more" in err.value.hint
+
+
+def test_feasible_latency_budget_still_runs(model, frames, tmp_path):
+    table = _table(model, frames, tmp_path / "lat.json", cheap=0.7)
+    config = config_from_options(f"latency={table}@0.8", levels=3, calib=1)
+    _, _, plan = run_sparsity_stage(model, None, config, tmp_path / "out", frames)
+    assert plan.achieved_fraction <= 0.8 + 1e-9
+
+
+def test_layer_progress_names_every_layer(model, frames, tmp_path):
+    config = config_from_options("params=0.5", levels=3, calib=1)
+    seen, plain = [], []
+    _, _, plan = run_sparsity_stage(model, None, config, tmp_path / "out", frames,
+                                    progress=lambda i, n: plain.append((i, n)),
+                                    layer_progress=lambda i, n, name: seen.append((i, n, name)))
+    n = len(plan.layers)
+    assert [i for i, _, _ in seen] == list(range(n + 1)) and {t for _, t, _ in seen} == {n}
+    assert [name for _, _, name in seen[:-1]] == [layer.name for layer in plan.layers]
+    assert plain == [(i, n) for i in range(1, n + 1)]
+
+
+def test_2to4_plot_draws_each_layers_alternatives(model, frames, tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, dest: figures.append((fig, dest.name)) or dest)
+    config = config_from_options("params=0.8", pattern="2:4", permute=True, calib=2)
+    _, _, plan = run_sparsity_stage(model, None, config, tmp_path / "out", frames)
+    fig = next(f for f, name in figures if name == "rd_curves.png")
+    ax = fig.axes[0]
+    bars = {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers}
+    assert set(bars) == {"2:4", "2:4 + permutation"}
+    dist = {layer.name: layer for layer in plan.layers}
+    permuted = [i for i, layer in enumerate(plan.layers) if layer.permutation]
+    assert permuted, "the toy model has permutable 2:4 layers"
+    eligible = [i for i, layer in enumerate(plan.layers) if layer.nm_valid]
+    assert all(bars["2:4"][i] > 0 for i in eligible)
+    assert all(bars["2:4"][i] == 0 for i in range(len(plan.layers)) if i not in eligible)
+    assert all(bars["2:4 + permutation"][i] > 0 for i in permuted)
+    # the permutation keeps more magnitude: its layers' δ is not above plain 2:4's on average
+    assert sum(bars["2:4 + permutation"][i] for i in permuted) <= sum(bars["2:4"][i] for i in permuted) * 1.5
+    assert len(dist) == len(bars["2:4"])
