@@ -31,6 +31,7 @@ from sparsefuse.compiler.stages import (
     atomic_dir,
     remove_outputs,
 )
+from sparsefuse.compiler.threads import DEFAULT_THREADS, check_threads
 from sparsefuse.layout import engine_rel, lowered_rel
 
 SCHEMA_VERSION = 1
@@ -47,7 +48,8 @@ VERIFY_FILES = ("verify.json", "verify/inputs.json", "verify/golden.json", "veri
 RUNNABLE_ONNX = "verify/lowered_with_functions.onnx"  # what ORT runs for a tensorrt target
 PROFILE_FILES = ("profile.json", "profile.png")
 REPORT_MD = "report.md"
-REFERENCE_THREADS = 1  # torch intra-op threads of the PyTorch reference in verify and sparsity
+# torch intra-op threads of the PyTorch reference in verify and sparsity (compile --threads)
+REFERENCE_THREADS = DEFAULT_THREADS
 PROFILE_FRAMES = 3  # frames timed by the profile stage (and sizing TensorRT's optimization profile)
 PROFILE_RUNS = 10  # timed runs of a measured profile (after 2 warmup runs)
 
@@ -61,10 +63,13 @@ class CompileResult:
 
 
 def compile_model(
-    config: CompileConfig, progress: Progress | None = None, source: Any = None
+    config: CompileConfig, progress: Progress | None = None, source: Any = None,
+    threads: int = REFERENCE_THREADS,
 ) -> CompileResult:
     """Run every stage for ``config`` (already validated) and write OUT/compile.json last.
-    ``source``: a ModelSource (compiler/model_source.py) the Python API already built."""
+    ``source``: a ModelSource (compiler/model_source.py) the Python API already built.
+    ``threads``: torch intra-op threads of the reference and sparsity work (not part of any cache
+    key: it changes how fast they run, not what they compute beyond float summation order)."""
     from sparsefuse.targets.registry import get_target
 
     start = time.perf_counter()
@@ -73,7 +78,7 @@ def compile_model(
     remove_outputs(out, ["compile.json"])  # stale until this compile completes
     progress = progress or NullProgress()
     run = StageRunner(out, tool_versions(), progress)
-    torch_side = TorchSide(config, source)
+    torch_side = TorchSide(config, source, check_threads(threads))
     if config.precision is not None:  # cheap, before any stage: bad calibration frames are refused now
         from sparsefuse.passes.precision.capture import check_finite
 
@@ -88,7 +93,7 @@ def compile_model(
     graph, graph_stage = EXPORT_ONNX, export
     if config.sparsity is not None:
         graph_stage = run.run("sparsity", {**inputs, **export.outputs}, config.sparsity_key_dict(),
-                              [SPARSITY_DIR], lambda: _sparsity(torch_side, out, config))
+                              [SPARSITY_DIR], lambda: _sparsity(torch_side, out, config, progress))
         graph = SPARSITY_ONNX
         torch_side.plan = out / PLAN_JSON  # verify against the PRUNED model from here on
     passes = run.run("passes", graph_stage.outputs, {}, [PASSES_ONNX],
@@ -153,8 +158,9 @@ class TorchSide:
     the reference model, the converted model that is exported and pruned, and the frames. Built
     lazily (a fully cached recompile of a preset needs none of it)."""
 
-    def __init__(self, config: CompileConfig, source: Any = None) -> None:
+    def __init__(self, config: CompileConfig, source: Any = None, threads: int = REFERENCE_THREADS) -> None:
         self.config = config
+        self.threads = threads
         self._source = source
         self.plan: Path | None = None  # a sparsity plan.json: the reference is then the pruned model
 
@@ -225,7 +231,7 @@ class TorchSide:
         # The reference is index-heavy (gather / index_add per kernel offset); on a shared, busy
         # CPU its many short parallel regions stall: one tiny-preset forward measured 0.65-1.0 s
         # with 1 thread vs 3-18 s with 2 on our loaded 2-core machine. Speed is not its job.
-        torch.set_num_threads(REFERENCE_THREADS)
+        torch.set_num_threads(self.threads)
         try:
             return self.source.forward(model, frame)
         finally:
@@ -287,8 +293,9 @@ def _export(torch_side: TorchSide, out: Path, progress: Progress) -> dict[str, A
             "converted": len(report.converted)}
 
 
-def _sparsity(torch_side: TorchSide, out: Path, config: CompileConfig) -> dict[str, Any]:
-    """OUT/sparsity/: plan.json, curves.npz, plots and the pruned ONNX (model.onnx)."""
+def _sparsity(torch_side: TorchSide, out: Path, config: CompileConfig, progress: Progress) -> dict[str, Any]:
+    """OUT/sparsity/: plan.json, curves.npz, plots and the pruned ONNX (model.onnx). A display with
+    ``stage_progress(stage, done, total, label)`` is told each layer the sensitivity measures."""
     import torch
 
     from sparsefuse.passes.sparsity.stage import run_sparsity_stage
@@ -296,13 +303,16 @@ def _sparsity(torch_side: TorchSide, out: Path, config: CompileConfig) -> dict[s
     spec = config.sparsity
     frames = torch_side.calibration_frames(1 if spec.synthetic else spec.calib)
     previous = torch.get_num_threads()
-    torch.set_num_threads(REFERENCE_THREADS)  # many small forwards: see TorchSide.forward
+    torch.set_num_threads(torch_side.threads)  # many small forwards: see TorchSide.forward
+    # Optional in the Progress protocol (compiler/stages.py): other displays need not implement it.
+    stage_progress = getattr(progress, "stage_progress", None)
+    layer_progress = functools.partial(stage_progress, "sparsity") if stage_progress else None
     try:
         with atomic_dir(out / SPARSITY_DIR) as tmp:
             _, pruned_onnx, plan = run_sparsity_stage(
                 torch_side.dense_model, onnx.load(out / EXPORT_ONNX), spec, tmp, frames,
                 forward=torch_side.source.torch_forward, transforms=torch_side.spec.outputs,
-                modality=torch_side.source.modality_of)
+                modality=torch_side.source.modality_of, layer_progress=layer_progress)
             write_bytes(tmp / Path(SPARSITY_ONNX).name, pruned_onnx.SerializeToString())
     finally:
         torch.set_num_threads(previous)

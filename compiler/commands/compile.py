@@ -6,6 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from sparsefuse.compiler.threads import add_threads_option
+
 STAGE_NAMES = ("export", "sparsity", "passes", "precision", "lower", "build", "verify", "profile", "report")
 
 
@@ -56,13 +58,17 @@ def register(subparsers: Any) -> None:
                         help="int8: keep an activation float when quantizing it alone moves an output by "
                              "more than this fraction of its range on the calibration frames (default 0.1; "
                              "1 quantizes every site)")
+    add_threads_option(parser, "the PyTorch reference (verify) and the sparsity stage (ONNX Runtime's "
+                               "threads are the target's)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from sparsefuse.compiler.config import make_config
     from sparsefuse.compiler.pipeline import compile_model
+    from sparsefuse.compiler.threads import check_threads
 
+    threads = check_threads(args.threads)
     config = make_config(args.model, args.target, args.out, args.rig, args.seed, args.verify_frames,
                          args.weights, args.sparsity, frames=args.frames, precision=args.precision,
                          calibrator=args.calibrator, calib_frames=args.calib_frames,
@@ -71,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n in STAGE_NAMES if (n != "sparsity" or config.sparsity is not None)
              and (n != "precision" or config.precision is not None)]
     with RichProgress(names) as progress:
-        result = compile_model(config, progress, source)
+        progress.console.print(f"[dim]torch threads: {threads} (reference and sparsity)[/]")
+        result = compile_model(config, progress, source, threads=threads)
     progress.summary(result)
     return 0 if result.verify_passed else 1
 
@@ -122,6 +129,13 @@ class RichProgress:
         summary = _summary(record.name, record.details)
         self.bar.update(self._task(record.name), completed=1,
                         description=f"{record.name} [dim]({note})[/] {summary}".rstrip())
+
+    def stage_progress(self, name: str, done: int, total: int, label: str) -> None:
+        """Within a running stage (the sparsity stage's layers): its own line's description changes,
+        so the display stays one line per stage; ``stage_finished`` replaces it with the summary."""
+        where = f" ({label.removesuffix('.weight')})" if label else ""
+        step = f"layer {min(done + 1, total)}/{total}{where}" if total else "calibration forwards"
+        self.bar.update(self._task(name), description=f"[bold]{name}[/] [dim]{step}[/]")
 
     def log(self, message: str) -> None:
         """Per-pass lines are recorded in compile.json; the display stays one line per stage."""
