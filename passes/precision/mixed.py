@@ -226,6 +226,33 @@ def apply_mixed_torch(model: torch.nn.Module, plan: MixedPlan) -> dict[str, torc
     return masks
 
 
+def write_plan(plan: MixedPlan, path: Any) -> None:
+    """plan.json (atomic)."""
+    from sparsefuse.atomic import write_json
+
+    write_json(path, plan.to_dict())
+
+
+def quantize_selected(onnx_model: onnx.ModelProto, layers: Sequence[str] | None,
+                      frames: Sequence[Mapping[str, Any]], backend: str,
+                      calibrator: str = "max") -> onnx.ModelProto:
+    """The FP32 graph with Q/DQ on ``layers`` only (torch names or initializer names; None: every
+    layer), their input activations calibrated on ``frames`` (numpy, the graph's inputs) by
+    ``calibrator``."""
+    from sparsefuse.passes.manager import PassContext
+    from sparsefuse.passes.precision import calibrate, capture, int8
+
+    selected = None if layers is None else frozenset(layers)
+    plan = int8.plan_int8(onnx_model, backend, layers=selected)
+    captured = capture.capture(onnx_model, frames, plan.calibrated)
+    amax = {t: calibrate.calibrate(calibrate.histogram(captured[t]), calibrator) for t in plan.calibrated}
+    nonneg = [t for t in plan.calibrated if min(float(a.min()) for a in captured[t] if a.size) >= 0]
+    options: dict[str, Any] = {"amax": amax, "nonnegative": nonneg}
+    if selected is not None:
+        options["layers"] = sorted(selected)
+    return int8.quantize_int8(onnx_model, PassContext(target_backend=backend, options={"int8": options}))
+
+
 def int8_options(plan: MixedPlan, amax: Mapping[str, float], nonnegative: Sequence[str] = ()) -> dict:
     """``ctx.options["int8"]`` for int8.quantize_int8 that puts Q/DQ only on the plan's INT8 layers
     (``amax``: calibrated amax of their input activations, by ONNX tensor name)."""

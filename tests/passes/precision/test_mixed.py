@@ -274,3 +274,20 @@ def test_estimated_table_has_all_keys_and_int8_is_faster():
     assert set(row) == {"fp16/dense@0", "fp16/2:4@0.5", "int8/dense@0", "int8/2:4@0.5"}
     assert row["int8/2:4@0.5"] < row["int8/dense@0"] < row["fp16/dense@0"]
     assert row["fp16/2:4@0.5"] < row["fp16/dense@0"]
+
+
+def test_quantize_selected_runs_in_ort_and_touches_only_the_chosen_layer(tmp_path):
+    from sparsefuse.passes.precision import capture
+
+    frames = [{"x": np.random.default_rng(s).normal(size=(1, 8, 6, 6)).astype(np.float32)} for s in range(2)]
+    out = mixed.quantize_selected(_chain(), ["a.weight"], frames, "onnxruntime")
+    dq = sorted(n.name for n in out.graph.node if n.op_type == "DequantizeLinear")
+    assert dq == ["w_a__DQ", "x__DQ"]
+    got = capture.session(out).run(["y"], frames[0])[0]
+    ref = capture.session(_chain()).run(["y"], frames[0])[0]
+    assert 0 < np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    mixed.write_plan(
+        _plan_with({"a.weight": "int8/dense@0", "b.weight": "fp16/2:4@0.5"}), tmp_path / "plan.json"
+    )
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["layers"]["b.weight"]["pattern"] == "2:4" and doc["counts"]["int8"] == 1
