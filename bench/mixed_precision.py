@@ -51,21 +51,6 @@ def _ort_error(fp32: onnx.ModelProto, model: onnx.ModelProto, frames: list[dict]
     return worst
 
 
-def _quantized(onnx_fp32: onnx.ModelProto, layers: list[str] | None, frames: list[dict]) -> onnx.ModelProto:
-    """Q/DQ (ORT CPU form) on ``layers`` (None: every layer), activations max-calibrated on ``frames``."""
-    from sparsefuse.passes.manager import PassContext
-    from sparsefuse.passes.precision import calibrate, capture, int8
-
-    plan = int8.plan_int8(onnx_fp32, "onnxruntime", layers=None if layers is None else frozenset(layers))
-    captured = capture.capture(onnx_fp32, frames, plan.calibrated)
-    amax = {t: calibrate.calibrate(calibrate.histogram(captured[t]), "max") for t in plan.calibrated}
-    nonneg = [t for t in plan.calibrated if min(float(a.min()) for a in captured[t] if a.size) >= 0]
-    options = {"amax": amax, "nonnegative": nonneg}
-    if layers is not None:
-        options["layers"] = list(layers)
-    return int8.quantize_int8(onnx_fp32, PassContext(target_backend="onnxruntime", options={"int8": options}))
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bevfusion-tiny")
@@ -106,6 +91,7 @@ def main() -> int:
                  for row in first.candidates]
     all_int8 = {"estimated_ms": sum(r[k] for r, k in zip(first.costs, int8_keys, strict=True)),
                 "predicted_distortion": sum(r[k] for r, k in zip(first.distortion, int8_keys, strict=True))}
+    all_int8_onnx = mixed.quantize_selected(fp32, None, np_calib, "onnxruntime")
     fp16 = run_precision_stage(fp32, PrecisionConfig("fp16"), np_calib, "tensorrt")
     result = {
         "bench": "mixed_precision", "machine": platform.node(), "args": vars(args),
@@ -114,8 +100,7 @@ def main() -> int:
         "all_fp16_dense": {"estimated_ms": first.reference_ms, "predicted_distortion": 0.0,
                            "fp32_islands": len(fp16.report["islands"]),
                            "ort_cpu_error": _ort_error(fp32, fp16.model, verify)},
-        "all_int8_dense": {**all_int8,
-                           "ort_cpu_error": _ort_error(fp32, _quantized(fp32, None, np_calib), verify)},
+        "all_int8_dense": {**all_int8, "ort_cpu_error": _ort_error(fp32, all_int8_onnx, verify)},
         "mixed": [],
     }
     for budget in budgets:
@@ -125,7 +110,8 @@ def main() -> int:
         doc = plan.to_dict()
         sparse_model = copy.deepcopy(model)
         mixed.apply_mixed_torch(sparse_model, plan)
-        mixed_onnx = _quantized(_export(sparse_model, calib[0]), plan.int8_layers(), np_calib)
+        mixed_onnx = mixed.quantize_selected(_export(sparse_model, calib[0]), plan.int8_layers(), np_calib,
+                                             "onnxruntime")
         result["mixed"].append({
             "budget_ms": plan.budget_ms, "budget_fraction": ms / first.reference_ms,
             "estimated_ms": plan.allocation.total_cost,
