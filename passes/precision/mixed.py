@@ -226,6 +226,35 @@ def apply_mixed_torch(model: torch.nn.Module, plan: MixedPlan) -> dict[str, torc
     return masks
 
 
+def apply_mixed_onnx(onnx_model: onnx.ModelProto, plan: MixedPlan) -> onnx.ModelProto:
+    """A copy of ``onnx_model`` with the plan's 2:4 masks applied to its initializers (found by the
+    export's param map; masks recomputed from the initializer values, as apply_onnx does)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from sparsefuse.passes.sparsity.apply_onnx import param_map_of
+    from sparsefuse.passes.sparsity.patterns import nm_satisfied
+
+    mapping = param_map_of(onnx_model)
+    by_name = {layer.name: layer for layer in plan.layers}
+    out = onnx.ModelProto()
+    out.CopyFrom(onnx_model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for name in plan.sparse_layers():
+        init = inits.get(mapping.get(name, name))
+        layer = by_name[name]
+        value = None if init is None else numpy_helper.to_array(init)
+        if value is None or tuple(value.shape) != tuple(layer.shape):
+            raise SparsefuseError(f"ONNX model has no initializer of shape {tuple(layer.shape)} for {name!r}",
+                                  "apply the plan to the export of the model it was made for")
+        w = torch.from_numpy(np.array(value))
+        masked = w * nm_mask(w, layer.in_axis).to(w.dtype)
+        if not nm_satisfied(masked, layer.in_axis):
+            raise SparsefuseError(f"{name}: 2:4 pattern violated after masking", "report this bug")
+        init.CopyFrom(numpy_helper.from_array(masked.numpy().astype(value.dtype), init.name))
+    return out
+
+
 def write_plan(plan: MixedPlan, path: Any) -> None:
     """plan.json (atomic)."""
     from sparsefuse.atomic import write_json

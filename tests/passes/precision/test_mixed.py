@@ -291,3 +291,38 @@ def test_quantize_selected_runs_in_ort_and_touches_only_the_chosen_layer(tmp_pat
     )
     doc = json.loads((tmp_path / "plan.json").read_text())
     assert doc["layers"]["b.weight"]["pattern"] == "2:4" and doc["counts"]["int8"] == 1
+
+
+def test_mixed_onnx_graph_two_four_zeros_and_qdq_only_on_chosen_layers():
+    from sparsefuse.passes.precision import capture
+
+    layers = [
+        PrunableLayer("a.weight", "conv2d", "other", (8, 8, 3, 3), 576, 1.0, 1, True, True, ""),
+        PrunableLayer("b.weight", "conv2d", "other", (8, 8, 3, 3), 576, 1.0, 1, True, True, ""),
+    ]
+    plan = _plan_with({"a.weight": "fp16/2:4@0.5", "b.weight": "int8/dense@0"})
+    plan = mixed.MixedPlan(
+        tuple(layers),
+        *[
+            getattr(plan, f)
+            for f in (
+                "candidates",
+                "costs",
+                "distortion",
+                "allocation",
+                "budget_ms",
+                "reference_ms",
+                "latency_source",
+            )
+        ],
+    )
+    sparse = mixed.apply_mixed_onnx(_chain(), plan)
+    inits = {i.name: numpy_helper.to_array(i) for i in sparse.graph.initializer}
+    assert (
+        nm_satisfied(torch.from_numpy(inits["w_a"].copy()), 1) and int((inits["w_a"] == 0).sum()) == 576 // 2
+    )
+    assert np.array_equal(inits["w_b"], numpy_helper.to_array(_chain().graph.initializer[1]))
+    frames = [{"x": np.random.default_rng(s).normal(size=(1, 8, 6, 6)).astype(np.float32)} for s in range(2)]
+    out = mixed.quantize_selected(sparse, plan.int8_layers(), frames, "onnxruntime")
+    assert sorted(n.name for n in out.graph.node if n.op_type == "DequantizeLinear") == ["r0__DQ", "w_b__DQ"]
+    capture.session(out).run(["y"], frames[0])
