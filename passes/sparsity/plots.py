@@ -106,7 +106,7 @@ def plot_nm_alternatives(
     ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=90, fontsize=6)
     ax.set_ylabel("δᵈ: normalized output MSE (layer alone pruned)")
     ax.set_title("2:4 alternatives per layer (dense: δ = 0; bottom label: the plan's pick)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars reach the top
     return _save(fig, dest)
 
 

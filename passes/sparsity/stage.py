@@ -237,16 +237,14 @@ def write_artifacts(
         write_curves(out_dir, names, levels, dist, lam, costs),
         plots.plot_layer_sparsity(plan, out_dir / "layer_sparsity.png"),
     ]
-    if analysis.sensitivity is not None and analysis.pattern == "2:4":
-        alternatives = nm_alternatives(analysis, unpermuted or {})
-        chosen = [layer.pattern for layer in plan.layers]
-        paths.append(plots.plot_nm_alternatives(names, alternatives, chosen, out_dir / "rd_curves.png"))
-    elif analysis.sensitivity is not None:
-        paths.append(
-            plots.plot_rd_curves(
-                names, [layer.modality for layer in analysis.layers], levels, dist, out_dir / "rd_curves.png"
-            )
-        )
+    if analysis.sensitivity is not None:
+        if analysis.pattern == "2:4":  # one level: per-layer bars of its alternatives, not RD curves
+            alternatives = nm_alternatives(analysis, unpermuted or {})
+            chosen = [layer.pattern for layer in plan.layers]
+            paths.append(plots.plot_nm_alternatives(names, alternatives, chosen, out_dir / "rd_curves.png"))
+        else:
+            modalities = [layer.modality for layer in analysis.layers]
+            paths.append(plots.plot_rd_curves(names, modalities, levels, dist, out_dir / "rd_curves.png"))
         delta, _, _ = regularized_distortion(dist, lam, config.effective_beta)
         dense = sum(row[0] for row in costs)
         budgets = [b for b in np.linspace(0.05, 1.0, 20) if b * dense >= sum(min(r) for r in costs)]

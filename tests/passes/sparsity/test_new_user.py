@@ -145,7 +145,11 @@ def test_prune_refuses_an_infeasible_latency_budget_before_loading(toy_loader, m
 
 
 def test_latency_budget_without_fraction_prints_the_default(tmp_path):
+    from sparsefuse.compiler.commands import prune
     from sparsefuse.compiler.commands.prune import budget_line
+    from sparsefuse.passes.sparsity import config
+
+    assert prune.DEFAULT_LATENCY_FRACTION == config.DEFAULT_LATENCY_FRACTION
 
     table = tmp_path / "t.json"
     table.write_text("{}")
