@@ -76,6 +76,7 @@ def analyze(
     sites: Mapping[str, str] | None = None,
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    level_progress: Callable[[int, int, int], None] | None = None,
     before_measure: Callable[[Analysis], None] | None = None,
     modality: Callable[[str], str] | None = None,
     operator: str = "magnitude",
@@ -107,7 +108,8 @@ def analyze(
         obs = ObsOperator(model, frames, forward, layers, percdamp, block, chains)
     if measure:
         sens = measure_sensitivity(
-            model, frames, forward, layers, cands, masks_fn, site_map, worst_case, use_cache, progress
+            model, frames, forward, layers, cands, masks_fn, site_map, worst_case, use_cache, progress,
+            level_progress,
         )
         site_lambda = [[site_lambdas(sens.dense_site_stats, st) for st in row] for row in sens.site_stats]
         sens.forward_counts["discovery_traced_forwards"] = float(len(traces))

@@ -143,8 +143,11 @@ def measure_sensitivity(
     worst_case: bool = False,
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    level_progress: Callable[[int, int, int], None] | None = None,
 ) -> Sensitivity:
-    """δᵈ[i,k] for every layer and candidate (level-0 candidates cost nothing: δᵈ = 0)."""
+    """δᵈ[i,k] for every layer and candidate (level-0 candidates cost nothing: δᵈ = 0).
+    ``progress(done, layers)`` after each layer; ``level_progress(layer, k, candidates)`` before
+    measuring candidate k of a layer (for a display)."""
     start = time.perf_counter()
     sites = dict(sites or {})
     layer_flops = _module_call_flops(model, layers, frames, forward)
@@ -164,6 +167,8 @@ def measure_sensitivity(
                 row.append(0.0)
                 srow.append(dense_stats)
                 continue
+            if level_progress:
+                level_progress(i, len(row), len(cands))
             masks = masks_fn(layer, cand)
             per_frame = []
             with masked(model, masks), _SiteHooks(model, sites, dense_tensors) as hooks:

@@ -276,6 +276,11 @@ class _LayerReporter:
         if self.layer_progress:
             self.layer_progress(done, total, self.names[done] if done < len(self.names) else "")
 
+    def level(self, layer: int, k: int, candidates: int) -> None:
+        """Before candidate k of a layer: the label also says which level (of the layer's own list)."""
+        if self.layer_progress:
+            self.layer_progress(layer, len(self.names), f"{self.names[layer]} · level {k}/{candidates - 1}")
+
 
 def run_sparsity_stage(
     model: torch.nn.Module,
@@ -330,6 +335,7 @@ def run_sparsity_stage(
         measure=True,
         worst_case=config.worst_case,
         progress=reporter.done,
+        level_progress=reporter.level,
         before_measure=reporter.before_measure,
         modality=modality,
         operator=config.operator,

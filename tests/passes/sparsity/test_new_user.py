@@ -53,9 +53,12 @@ def test_layer_progress_names_every_layer(model, frames, tmp_path):
     _, _, plan = run_sparsity_stage(model, None, config, tmp_path / "out", frames,
                                     progress=lambda i, n: plain.append((i, n)),
                                     layer_progress=lambda i, n, name: seen.append((i, n, name)))
-    n = len(plan.layers)
-    assert [i for i, _, _ in seen] == list(range(n + 1)) and {t for _, t, _ in seen} == {n}
-    assert [name for _, _, name in seen[:-1]] == [layer.name for layer in plan.layers]
+    n, names = len(plan.layers), [layer.name for layer in plan.layers]
+    assert {t for _, t, _ in seen} == {n}
+    boundaries = [(i, name) for i, _, name in seen if "level" not in name]
+    assert boundaries == [*((i, name) for i, name in enumerate(names)), (n, "")]
+    levels = [(i, name) for i, _, name in seen if "level" in name]  # levels=3: two pruned levels each
+    assert levels == [(i, f"{name} · level {k}/2") for i, name in enumerate(names) for k in (1, 2)]
     assert plain == [(i, n) for i in range(1, n + 1)]
 
 
