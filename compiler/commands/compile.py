@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
                          args.weights, args.sparsity, frames=args.frames, precision=args.precision,
                          calibrator=args.calibrator, calib_frames=args.calib_frames,
                          int8_sensitivity=args.int8_sensitivity)
+    if config.sparsity is not None:
+        _check_sparsity_budget(config.sparsity, args.sparsity)
     source = prepare_source(config)
     names = [n for n in STAGE_NAMES if (n != "sparsity" or config.sparsity is not None)
              and (n != "precision" or config.precision is not None)]
@@ -81,6 +83,19 @@ def run(args: argparse.Namespace) -> int:
         result = compile_model(config, progress, source, threads=threads)
     progress.summary(result)
     return 0 if result.verify_passed else 1
+
+
+def _check_sparsity_budget(sparsity: Any, text: str) -> None:
+    """Print the sparsity budget in its explicit form and refuse an infeasible latency budget from
+    its table alone, before the model is built or exported."""
+    from sparsefuse.compiler.commands.prune import budget_line
+
+    if sparsity.latency_table is not None:
+        from sparsefuse.passes.sparsity.decide import check_latency_table
+        from sparsefuse.passes.sparsity.stage import load_latency_table
+
+        check_latency_table(sparsity, load_latency_table(sparsity.latency_table))
+    print(f"sparsity {budget_line(sparsity, text)}")
 
 
 def prepare_source(config: Any) -> Any:

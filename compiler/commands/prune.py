@@ -144,7 +144,8 @@ def budget_line(config: Any, text: str) -> str:
     """The budget in its explicit form; a latency budget without @F says which fraction it took."""
     if config.budget_kind != "latency":
         return f"budget: {config.budget_kind}={config.budget:g} (fraction of the dense cost kept)"
-    implicit = "@" not in text.partition("=")[2]
+    # ``text``: prune's --budget or compile's --sparsity spec (a spec file cannot leave F out silently)
+    implicit = "latency=" in text and "@" not in text.split("latency=", 1)[1].split(",")[0]
     note = f" (no @F given: the default {config.budget:g})" if implicit else ""
     return f"budget: latency={config.latency_table}@{config.budget:g}{note}"
 

@@ -63,3 +63,18 @@ def test_compile_threads_option_is_checked_before_any_work():
     assert check_threads(1) == 1
     with pytest.raises(SparsefuseError):
         check_threads(0)
+
+
+def test_compile_refuses_an_infeasible_latency_budget_before_building_it(tmp_path, monkeypatch, capsys):
+    import json
+
+    from sparsefuse.compiler import cli
+    from sparsefuse.compiler.commands import compile as compile_cmd
+
+    table = tmp_path / "lat.json"
+    table.write_text(json.dumps({"a.weight": {"dense@0": 1.0, "unstructured@0.5": 0.8}}))
+    monkeypatch.setattr(compile_cmd, "prepare_source", lambda config: pytest.fail("built the model"))
+    code = cli.main(["compile", "--model", "bevfusion-tiny", "--target", "cpu", "--out", str(tmp_path / "o"),
+                     "--sparsity", f"budget=latency={table}@0.5,calib=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "smallest achievable fraction 0.8000" in err and f"{table}@0.8 or more" in err

@@ -159,6 +159,10 @@ def test_latency_budget_without_fraction_prints_the_default(tmp_path):
     line = budget_line(config_from_options(f"latency={table}"), f"latency={table}")
     assert line == f"budget: latency={table}@0.5 (no @F given: the default 0.5)"
     assert budget_line(config_from_options(f"latency={table}@0.6"), f"latency={table}@0.6").endswith("@0.6")
+    spec = f"budget=latency={table},allocator=lamp"  # compile --sparsity
+    implicit = budget_line(config_from_options(f"latency={table}"), spec)
+    assert implicit.endswith("(no @F given: the default 0.5)")
+    assert "no @F" not in budget_line(config_from_options(f"latency={table}@0.6"), "spec.toml")
 
 
 def test_preset_defaults_are_the_shipped_checkpoint_and_calibration_seeds():
