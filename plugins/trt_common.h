@@ -11,7 +11,8 @@
 //   IPluginCreatorV3One {createPlugin(name, fc, phase), getFieldNames, getPluginName,
 //     getPluginVersion, getPluginNamespace} and the getCreators / setLoggerFinder entry points as
 //   documented in NVIDIA/TensorRT samples (dynamic plugin loading, TensorRT >= 10.0).
-// NOT compiled here (no TensorRT on the development machine): see docs/native-build.md.
+// Compiled in CI against NVIDIA's TensorRT 10.3 and 11.1 headers (tests/plugins/test_trt_headers.py);
+// never run inside TensorRT there: see docs/native-build.md.
 #pragma once
 
 #include <NvInferRuntime.h>

@@ -1,7 +1,9 @@
 """CPU CI for the native build: the kernels compile for sm_87 and sm_90 with nvcc (compile only),
 the shared library exports the C ABI, and the pure-host launchers behave (no GPU needed).
 
-The build takes minutes on 2 cores (one nvcc per arch per kernel file), hence `slow`.
+The build takes minutes on 2 cores (one nvcc per arch per kernel file), hence `slow`. TensorRT is
+kept out of this build (CMAKE_DISABLE_FIND_PACKAGE_TensorRT): the plugin library and its glue are
+built and exercised against the real TensorRT headers in tests/plugins/test_trt_headers.py.
 """
 
 from __future__ import annotations
@@ -30,43 +32,11 @@ def run_text(cmd: list[str]) -> str:
     return result.stdout
 
 
-FAKE_NVINFER = """// TEST STUB, NOT TensorRT: lets CMake find "TensorRT" and link the plugin library.
-#include "NvInferRuntime.h"
-namespace {
-struct Registry : nvinfer1::IPluginRegistry {
-  bool registerCreator(nvinfer1::IPluginCreatorInterface&, char const*) noexcept override { return true; }
-};
-}  // namespace
-extern "C" nvinfer1::IPluginRegistry* getPluginRegistry() noexcept { static Registry r; return &r; }
-"""
-
-
-def fake_tensorrt_root(root: Path) -> Path | None:
-    """include/ with the API transcription and a stub lib/libnvinfer.so, or None without g++."""
-    gxx = shutil.which("g++")
-    if gxx is None:
-        return None
-    stub = ROOT / "tests" / "plugins" / "trt_stub"
-    (root / "include").mkdir(parents=True)
-    (root / "lib").mkdir()
-    for header in ("NvInfer.h", "NvInferRuntime.h"):
-        shutil.copy(stub / header, root / "include" / header)
-    source = root / "nvinfer_stub.cpp"
-    source.write_text(FAKE_NVINFER)
-    cuda_include = Path(shutil.which("nvcc")).resolve().parents[1] / "include"
-    includes = [f"-I{root / 'include'}", f"-I{cuda_include}", "-I/usr/local/cuda/include"]
-    out = root / "lib" / "libnvinfer.so"
-    run_text([gxx, "-std=c++17", "-shared", "-fPIC", *includes, str(source), "-o", str(out)])
-    return root
-
-
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("cuda-build")
-    fake = fake_tensorrt_root(tmp_path_factory.mktemp("fake-tensorrt"))
-    configure = ["cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_CUDA_ARCHITECTURES=87;90"]
-    if fake is not None:
-        configure.append(f"-DTensorRT_ROOT={fake}")
+    configure = ["cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_CUDA_ARCHITECTURES=87;90",
+                 "-DCMAKE_DISABLE_FIND_PACKAGE_TensorRT=ON"]
     start = time.monotonic()
     run_text(configure)
     run_text(["cmake", "--build", str(build), "-j2"])
@@ -79,19 +49,6 @@ def built_lib(build_dir) -> Path:
     lib = build_dir / "lib" / abi.LIB_NAME
     assert lib.is_file()
     return lib
-
-
-def test_plugin_library_is_one_self_contained_library(build_dir):
-    """With "TensorRT" found (a stub here), CMake builds libsparsefuse_trt_plugins.so holding the
-    kernels and the dynamic-loading entry points, with no dependency on the kernels library."""
-    plugins = build_dir / "lib" / "libsparsefuse_trt_plugins.so"
-    if not plugins.is_file():
-        pytest.skip("no g++ to build the TensorRT stub")
-    symbols = run_text(["nm", "-D", "--defined-only", str(plugins)]).splitlines()
-    exported = {line.split()[-1] for line in symbols}
-    assert {"getCreators", "setLoggerFinder"} <= exported
-    assert set(abi.PROTOTYPES) <= exported
-    assert "libsparsefuse_kernels" not in run_text(["readelf", "-d", str(plugins)])
 
 
 @pytest.fixture(scope="module")
@@ -188,35 +145,3 @@ def test_grouping_special_cases(lib):
     assert not any(batched for _, _, batched in separate)  # S = 0: every offset its own GEMM
     strict = plan_groups(lib, counts, -1, 0.0, 1 << 40).groups()
     assert [(f, s) for f, s, _ in strict] == [(0, 2), (2, 1), (3, 1), (4, 1), (5, 3), (8, 1)]
-
-
-def cudart_dir(built_lib: Path) -> Path:
-    for line in run_text(["ldd", str(built_lib)]).splitlines():
-        if "libcudart" in line and "=>" in line:
-            return Path(line.split("=>")[1].split()[0]).parent
-    pytest.skip("libcudart not found next to the kernels library")
-
-
-def test_plugin_glue_against_the_api_transcription(built_lib, tmp_path):
-    """Compile the TensorRT glue against tests/plugins/trt_stub (a transcription of the TensorRT 10
-    declarations, NOT TensorRT) and run the harness: registration, getCreators, fields round trip,
-    output counts / types / shape expressions, bad fields rejected."""
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("needs g++")
-    cudart = cudart_dir(built_lib)
-    include = cudart.parent / "include"
-    if not (include / "cuda_runtime_api.h").exists():
-        include = Path("/usr/local/cuda/include")
-    stub = ROOT / "tests" / "plugins" / "trt_stub"
-    sources = [stub / "harness.cpp", ROOT / "plugins" / "trt_register.cpp"]
-    sources += sorted((ROOT / "plugins").glob("*/plugin.cpp"))
-    assert len(sources) == 7
-    exe = tmp_path / "harness"
-    flags = ["-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{stub}", f"-I{ROOT / 'plugins'}",
-             f"-I{include}"]
-    libs = [f"-L{built_lib.parent}", "-lsparsefuse_kernels", f"-L{cudart}", "-lcudart",
-            f"-Wl,-rpath,{built_lib.parent}:{cudart}"]
-    run_text([gxx, *flags, *map(str, sources), *libs, "-o", str(exe)])
-    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stdout + result.stderr

@@ -1,20 +1,27 @@
 // TEST FIXTURE, NOT TensorRT. Exercises the plugin glue (plugins/*/plugin.cpp, trt_register.cpp)
-// against the API transcription in this folder: static registration and getCreators, creation
-// from fields, serialization round trip, output counts, types and shape expressions (evaluated
-// here on constants), rejection of bad fields. Prints "OK" on success. No GPU, no TensorRT.
+// compiled against NVIDIA's real TensorRT headers (10.x and 11.x): static registration and
+// getCreators, creation from fields, serialization round trip, output counts, types and shape
+// expressions (evaluated here on constants), rejection of bad fields. Prints "OK" on success.
+// Linked against libsparsefuse_trt_plugins.so built with the same headers; no GPU, no TensorRT:
+// the registry and the expression builder below are test doubles implementing the public
+// interfaces (IPluginRegistry, and IDimensionExpr / IExprBuilder through their apiv:: impls).
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <string>
 #include <vector>
 
-#include "NvInferRuntime.h"
+#include <NvInferRuntime.h>
 
 using namespace nvinfer1;
 
 namespace {
-std::deque<IDimensionExpr> g_exprs;
-std::vector<IPluginCreatorInterface*> g_registered;
+// Function-local statics: the plugin library's static registrars run before this executable's
+// namespace-scope objects are constructed.
+std::vector<IPluginCreatorInterface*>& registered() {
+  static std::vector<IPluginCreatorInterface*> creators;
+  return creators;
+}
 struct SizeDecl {
   int32_t index;
   int64_t opt, upper;
@@ -30,57 +37,121 @@ int g_failures = 0;
     }                                                                  \
   } while (0)
 
+// A dimension expression with a known value (size tensors carry their upper bound).
+class Expr final : public IDimensionExpr {
+ public:
+  Expr(int64_t value, bool size_tensor) : impl_(value, size_tensor) { mImpl = &impl_; }
+  ~Expr() noexcept override = default;
+  int64_t value() const { return impl_.value; }
+
+ private:
+  struct Impl final : apiv::VDimensionExpr {
+    Impl(int64_t v, bool s) : value(v), size(s) {}
+    bool isConstant() const override { return !size; }
+    int64_t getConstantValue() const override { return value; }
+    bool isSizeTensor() const override { return size; }
+    int64_t value;
+    bool size;
+  };
+  Impl impl_;
+};
+
+std::deque<Expr> g_exprs;
+
 IDimensionExpr const* make(int64_t v, bool size = false) {
-  g_exprs.emplace_back();
-  g_exprs.back().stubValue = v;
-  g_exprs.back().stubSizeTensor = size;
+  g_exprs.emplace_back(v, size);
   return &g_exprs.back();
 }
 
-class Registry : public IPluginRegistry {
+int64_t value_of(IDimensionExpr const* e) { return static_cast<Expr const*>(e)->value(); }
+
+class Builder final : public IExprBuilder {
+ public:
+  Builder() { mImpl = &impl_; }
+  ~Builder() noexcept override = default;
+
+ private:
+  struct Impl final : apiv::VExprBuilder {
+    IDimensionExpr const* constant(int64_t value) override { return make(value); }
+    IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a,
+                                    IDimensionExpr const& b) override {
+      int64_t x = value_of(&a), y = value_of(&b);
+      switch (op) {
+        case DimensionOperation::kSUM: return make(x + y);
+        case DimensionOperation::kPROD: return make(x * y);
+        case DimensionOperation::kMAX: return make(x > y ? x : y);
+        case DimensionOperation::kMIN: return make(x < y ? x : y);
+        case DimensionOperation::kSUB: return make(x - y);
+        case DimensionOperation::kCEIL_DIV: return make((x + y - 1) / y);
+        case DimensionOperation::kFLOOR_DIV: return make(x / y);
+        default: return nullptr;
+      }
+    }
+    IDimensionExpr const* declareSizeTensor(int32_t index, IDimensionExpr const& opt,
+                                            IDimensionExpr const& upper) override {
+      g_sizes.push_back({index, value_of(&opt), value_of(&upper)});
+      return make(value_of(&upper), true);
+    }
+  };
+  Impl impl_;
+};
+
+// Records registrations; everything else is unused by the plugin library.
+class Registry final : public IPluginRegistry {
  public:
   bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const) noexcept override {
-    g_registered.push_back(&creator);
+    registered().push_back(&creator);
     return true;
   }
+  void setErrorRecorder(IErrorRecorder* const) noexcept override {}
+  IErrorRecorder* getErrorRecorder() const noexcept override { return nullptr; }
+  bool isParentSearchEnabled() const override { return false; }
+  void setParentSearchEnabled(bool const) override {}
+  PluginLibraryHandle loadLibrary(AsciiChar const*) noexcept override { return nullptr; }
+  void deregisterLibrary(PluginLibraryHandle) noexcept override {}
+  IPluginCreatorInterface* const* getAllCreators(int32_t* const n) const noexcept override {
+    *n = static_cast<int32_t>(registered().size());
+    return registered().data();
+  }
+  IPluginCreatorInterface* getCreator(AsciiChar const* const, AsciiChar const* const,
+                                      AsciiChar const* const) noexcept override {
+    return nullptr;
+  }
+  bool deregisterCreator(IPluginCreatorInterface const&) noexcept override { return false; }
+  IPluginResource* acquirePluginResource(AsciiChar const*, IPluginResource*) noexcept override { return nullptr; }
+  int32_t releasePluginResource(AsciiChar const*) noexcept override { return 0; }
+  // Pure virtual in 11.x; a plain member where the interface lacks it (hence no `override`).
+  IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const n) noexcept { return getAllCreators(n); }
+#if NV_TENSORRT_MAJOR < 11
+  // The IPluginV2-era overloads, removed from IPluginRegistry in TensorRT 11.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  bool registerCreator(IPluginCreator&, AsciiChar const* const) noexcept override { return false; }
+  IPluginCreator* const* getPluginCreatorList(int32_t* const n) const noexcept override {
+    *n = 0;
+    return nullptr;
+  }
+  IPluginCreator* getPluginCreator(AsciiChar const* const, AsciiChar const* const,
+                                   AsciiChar const* const) noexcept override {
+    return nullptr;
+  }
+  bool deregisterCreator(IPluginCreator const&) noexcept override { return false; }
+#pragma GCC diagnostic pop
+#endif
 };
 }  // namespace
 
+// Interposes on the stub libnvinfer's definition (the executable comes first in symbol lookup).
 extern "C" IPluginRegistry* getPluginRegistry() noexcept {
   static Registry registry;
   return &registry;
 }
 extern "C" IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
 
-namespace nvinfer1 {
-bool IDimensionExpr::isConstant() const noexcept { return !stubSizeTensor; }
-int64_t IDimensionExpr::getConstantValue() const noexcept { return stubValue; }
-IDimensionExpr const* IExprBuilder::constant(int64_t value) noexcept { return make(value); }
-IDimensionExpr const* IExprBuilder::operation(DimensionOperation op, IDimensionExpr const& a,
-                                              IDimensionExpr const& b) noexcept {
-  int64_t x = a.stubValue, y = b.stubValue;
-  switch (op) {
-    case DimensionOperation::kSUM: return make(x + y);
-    case DimensionOperation::kPROD: return make(x * y);
-    case DimensionOperation::kMAX: return make(x > y ? x : y);
-    case DimensionOperation::kMIN: return make(x < y ? x : y);
-    case DimensionOperation::kSUB: return make(x - y);
-    case DimensionOperation::kCEIL_DIV: return make((x + y - 1) / y);
-    case DimensionOperation::kFLOOR_DIV: return make(x / y);
-    default: return nullptr;
-  }
-}
-IDimensionExpr const* IExprBuilder::declareSizeTensor(int32_t index, IDimensionExpr const& opt,
-                                                      IDimensionExpr const& upper) {
-  g_sizes.push_back({index, opt.stubValue, upper.stubValue});
-  return make(upper.stubValue, true);
-}
-}  // namespace nvinfer1
-
 namespace {
 
 IPluginCreatorV3One* creator(char const* name) {
-  for (auto* c : g_registered) {
+  for (auto* c : registered()) {
     auto* v3 = static_cast<IPluginCreatorV3One*>(c);
     if (std::strcmp(v3->getPluginName(), name) == 0) return v3;
   }
@@ -153,7 +224,7 @@ DimsExprs dims(std::vector<int64_t> values) {
 
 std::vector<int64_t> values(DimsExprs const& d) {
   std::vector<int64_t> out;
-  for (int32_t i = 0; i < d.nbDims; ++i) out.push_back(d.d[i]->stubValue);
+  for (int32_t i = 0; i < d.nbDims; ++i) out.push_back(value_of(d.d[i]));
   return out;
 }
 
@@ -179,14 +250,14 @@ void check_voxelize(bool hard) {
   EXPECT(out[0] == DataType::kFLOAT && out[1] == DataType::kINT32 && out[2] == DataType::kINT32 &&
          out[3] == DataType::kINT32);
   DimsExprs inputs[1] = {dims({1000, 4})}, outputs[4];
-  IExprBuilder builder;
+  Builder builder;
   g_sizes.clear();
   EXPECT(b->getOutputShapes(inputs, 1, nullptr, 0, outputs, 4, builder) == 0);
   EXPECT(g_sizes.size() == 1 && g_sizes[0].index == 2 && g_sizes[0].upper == 1000 && g_sizes[0].opt == 500);
   EXPECT(values(outputs[0]) == (hard ? std::vector<int64_t>{1000, 10, 4} : std::vector<int64_t>{1000, 4}));
-  EXPECT(outputs[0].d[0]->stubSizeTensor);
+  EXPECT(outputs[0].d[0]->isSizeTensor());
   EXPECT(values(outputs[1]) == (std::vector<int64_t>{1000, 4}) && outputs[2].nbDims == 0);
-  EXPECT(values(outputs[3]) == (std::vector<int64_t>{1000}) && outputs[3].d[0]->stubSizeTensor);
+  EXPECT(values(outputs[3]) == (std::vector<int64_t>{1000}) && outputs[3].d[0]->isSizeTensor());
   Fields bad;
   bad.f("point_range", {0.f, 1.f});
   PluginFieldCollection bad_fc = bad.fc();
@@ -223,7 +294,7 @@ void check_sparse_conv3d(bool subm) {
   EXPECT(b->getOutputDataTypes(out, n_out, in, 4) == 0);
   EXPECT(out[0] == DataType::kHALF && out[1] == DataType::kINT32);
   DimsExprs inputs[4] = {dims({5000, 16}), dims({5000, 4}), dims({32, 3, 3, 3, 16}), dims({32})}, outputs[3];
-  IExprBuilder builder;
+  Builder builder;
   g_sizes.clear();
   EXPECT(b->getOutputShapes(inputs, 4, nullptr, 0, outputs, n_out, builder) == 0);
   if (subm) {
@@ -275,7 +346,7 @@ void check_sparse_inverse_conv3d() {
   EXPECT(b->getOutputDataTypes(out, 1, in, 5) == 0 && out[0] == DataType::kHALF);
   DimsExprs inputs[5] = {dims({700, 32}), dims({700, 4}), dims({5000, 4}), dims({16, 3, 3, 3, 32}), dims({16})};
   DimsExprs outputs[1];
-  IExprBuilder builder;
+  Builder builder;
   g_sizes.clear();
   EXPECT(b->getOutputShapes(inputs, 5, nullptr, 0, outputs, 1, builder) == 0);
   EXPECT(g_sizes.empty());  // M = out_coords' rows: no size tensor
@@ -305,7 +376,7 @@ void check_scatter_dense_and_bev_pool() {
   PluginFieldCollection fc = f.fc();
   IPluginV3* p = round_trip(s, s->createPlugin("s", &fc, TensorRTPhase::kBUILD));
   DimsExprs inputs[2] = {dims({777, 128}), dims({777, 4})}, outputs[1];
-  IExprBuilder builder;
+  Builder builder;
   EXPECT(build_of(p)->getOutputShapes(inputs, 2, nullptr, 0, outputs, 1, builder) == 0);
   EXPECT(values(outputs[0]) == (std::vector<int64_t>{1, 256, 180, 160}));
   delete p;
@@ -323,7 +394,7 @@ void check_scatter_dense_and_bev_pool() {
 }  // namespace
 
 int main() {
-  EXPECT(g_registered.size() == 5);  // REGISTER_TENSORRT_PLUGIN ran at load time
+  EXPECT(registered().size() == 5);  // REGISTER_TENSORRT_PLUGIN ran at load time
   int32_t count = 0;
   IPluginCreatorInterface* const* list = getCreators(count);
   EXPECT(count == 5 && list != nullptr);

@@ -1,3 +1,0 @@
-// TEST FIXTURE, NOT TensorRT: see NvInferRuntime.h in this folder.
-#pragma once
-#include "NvInferRuntime.h"
