@@ -148,7 +148,9 @@ class RichProgress:
     def stage_progress(self, name: str, done: int, total: int, label: str) -> None:
         """Within a running stage (the sparsity stage's layers): its own line's description changes,
         so the display stays one line per stage; ``stage_finished`` replaces it with the summary."""
-        where = f" ({label.removesuffix('.weight')})" if label else ""
+        from sparsefuse.compiler.commands.prune import short_label
+
+        where = f" ({short_label(label)})" if label else ""
         step = f"layer {min(done + 1, total)}/{total}{where}" if total else "calibration forwards"
         self.bar.update(self._task(name), description=f"[bold]{name}[/] [dim]{step}[/]")
 

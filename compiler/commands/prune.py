@@ -176,7 +176,13 @@ class LayerDisplay:
 
     def update(self, done: int, total: int, layer: str) -> None:
         self.bar.update(self.task, description="sensitivity, layer", completed=done, total=total,
-                        layer=layer.removesuffix(".weight"))
+                        layer=short_label(layer))
+
+
+def short_label(label: str) -> str:
+    """'camera.stem.0.weight · level 3/20' -> 'camera.stem.0 · level 3/20' (every layer is a weight)."""
+    name, sep, rest = label.partition(" · ")
+    return name.removesuffix(".weight") + sep + rest
 
 
 def preset_inputs(model: str, checkpoint: str | None, calib_seeds: str | None,

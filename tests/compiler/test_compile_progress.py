@@ -23,6 +23,8 @@ def test_stage_progress_updates_the_stage_line_then_the_summary_replaces_it():
     progress.stage_started("sparsity")
     progress.stage_progress("sparsity", 11, 31, "lidar.encoder.conv1.weight")
     assert "layer 12/31 (lidar.encoder.conv1)" in _description(progress, "sparsity")
+    progress.stage_progress("sparsity", 11, 31, "lidar.encoder.conv1.weight · level 3/20")
+    assert "layer 12/31 (lidar.encoder.conv1 · level 3/20)" in _description(progress, "sparsity")
     assert len(progress.bar.tasks) == 2  # still one line per stage
     progress.stage_finished(StageRecord("sparsity", "k", {}, 1.0, False, {"achieved_sparsity": 0.5}))
     assert "layer" not in _description(progress, "sparsity")
