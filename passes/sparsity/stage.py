@@ -302,8 +302,9 @@ def run_sparsity_stage(
     default) δ is measured after each output's consumer transform, else on the raw outputs.
     ``modality``: parameter name -> modality tag (the model spec's ``modality_of``; default: the
     first path component when it is camera / lidar / fusion / head).
-    ``progress(done, total)``: after each layer's sensitivity; ``layer_progress(done, total, name)``
-    also names the layer measured next (for a display; called with done = 0 before the first).
+    ``progress(done, total)``: after each layer's sensitivity; ``layer_progress(done, total, label)``
+    (for a display) also names the layer measured next (done = 0 before the first), as
+    ``"<name> · level k/K"`` while its candidates are measured.
     """
     space = "consumer" if transforms and config.distortion == "consumer" else "raw"
     if space == "consumer":
