@@ -1,15 +1,19 @@
 """``sparsefuse`` command line. Each subcommand lives in compiler/commands/<name>.py and exposes
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 
-User mistakes (SparsefuseError) print one line and exit 2; Ctrl-C exits 130 with no partial
-artifact (artifacts are written atomically); internal bugs keep their traceback.
+User mistakes (SparsefuseError) print one line and exit 2; Ctrl-C exits 130 and SIGTERM 143, both
+with no partial artifact (artifacts are written atomically, a stage interrupted midway removes what it
+wrote); internal bugs keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from typing import Any
 
 from sparsefuse.errors import SparsefuseError
 
@@ -53,14 +57,36 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _terminate_like_ctrl_c()
     try:
         return int(args.func(args) or 0)
     except SparsefuseError as err:
         print(err.one_line(), file=sys.stderr)
         return 2
+    except Terminated:
+        print("error: terminated by SIGTERM (no partial artifact was written)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted (no partial artifact was written)", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that every Ctrl-C cleanup path runs for it too."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """Install the SIGTERM handler (main thread only); return the previous handler, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

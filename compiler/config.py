@@ -168,8 +168,11 @@ def _check_sparsity(spec: str) -> SparsityConfig:
     from sparsefuse.passes.sparsity.config import config_from_options, parse_spec
 
     path = Path(spec)
-    if path.suffix not in SPARSITY_FILE_SUFFIXES:
+    if "=" in spec or path.suffix not in SPARSITY_FILE_SUFFIXES:  # budget=latency=t.json is a spec
         return parse_spec(spec)
+    if path.is_dir():
+        raise SparsefuseError(f"sparsity file {path} is a directory",
+                              "pass a .json / .toml file or a spec like budget=params=0.5,calib=4")
     if not path.is_file():
         raise SparsefuseError(f"sparsity file not found: {path}",
                               "pass an existing .json / .toml file or a spec like budget=params=0.5,calib=4")

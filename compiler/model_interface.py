@@ -19,6 +19,8 @@ import importlib.util
 import inspect
 import re
 import sys
+import warnings
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -180,7 +182,9 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             raise SparsefuseError(f"cannot read weights {path}: {_exception_line(exc)}",
                                   "it must be a safetensors file") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns (one more stderr line) before refusing a pickle
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refused, truncated file, ...
         raise SparsefuseError(f"cannot read weights {path}: {_exception_line(exc)}",
                               "give a state dict saved with torch.save(model.state_dict(), ...); "
@@ -251,7 +255,7 @@ def read_frames_dir(path: str | Path) -> list[Frame]:
         try:
             with np.load(file, allow_pickle=False) as data:
                 frames.append({k: np.ascontiguousarray(data[k]) for k in data.files})
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise SparsefuseError(f"cannot read frame {file.name}: {_exception_line(exc)}",
                                   "each frame is an .npz of plain numeric arrays (numpy.savez)") from None
     return frames

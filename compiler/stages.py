@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sparsefuse.atomic import write_json
+from sparsefuse.atomic import signals_deferred, write_json
 from sparsefuse.compiler.provenance import hash_outputs, outputs_intact, stage_key
 from sparsefuse.errors import SparsefuseError
 
@@ -90,15 +90,18 @@ class StageRunner:
             before = present_paths(self.out, outputs)
             try:
                 details = dict(fn() or {})
+                wall_s = time.perf_counter() - start
+                # Until its record is saved the stage is not done: Ctrl-C / SIGTERM while hashing
+                # must not leave outputs that no record vouches for.
+                record = StageRecord(name, key, hash_outputs(self.out, outputs), wall_s, False, details)
+                write_json(self._cache_path(name), {"schema_version": 1, "name": name, **record.to_dict()})
             except BaseException:
                 # Ctrl-C or a failure mid-stage: what this stage already wrote (complete files, but
                 # an incomplete set) and its stale outputs from an earlier compile both go; nothing
-                # else does (a user's own files in OUT stay).
-                self._discard(name, outputs, before)
+                # else does (a user's own files in OUT stay). A second Ctrl-C waits for the cleanup.
+                with signals_deferred():
+                    self._discard(name, outputs, before)
                 raise
-            wall_s = time.perf_counter() - start
-            record = StageRecord(name, key, hash_outputs(self.out, outputs), wall_s, False, details)
-            write_json(self._cache_path(name), {"schema_version": 1, "name": name, **record.to_dict()})
         self.records.append(record)
         self.progress.stage_finished(record)
         return record
@@ -216,5 +219,6 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         else:
             os.replace(tmp, dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with signals_deferred():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise

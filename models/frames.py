@@ -13,10 +13,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from sparsefuse.errors import SparsefuseError
 from sparsefuse.models.presets import Preset
 
 GROUND_Z = 0.0  # m: the ego frame sits on the ground (cameras at ~1.5 m, models/rig.py)
 SHARES = {"ground": 0.55, "objects": 0.25, "walls": 0.15}  # the rest is outside the range
+MAX_POINTS = 4_000_000  # per frame: ten nuScenes-style sweeps are ~0.35 M; more is a typo, not a scan
+
+
+def check_num_points(value: int | None, flag: str) -> None:
+    """A CLI point count: None (the preset's), or 0..MAX_POINTS (refused before anything is allocated)."""
+    if value is not None and not 0 <= value <= MAX_POINTS:
+        raise SparsefuseError(f"{flag} {value} is outside [0, {MAX_POINTS}]",
+                              f"give the LiDAR points per frame, e.g. {flag} 30000, or leave it out")
 
 
 def random_frame(preset: Preset, seed: int, num_points: int | None = None,

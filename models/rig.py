@@ -26,6 +26,10 @@ from sparsefuse.plugins.voxelize import grid_shape
 
 RIG_DIR = Path(__file__).parent / "rigs"
 SCHEMA_VERSION = 1
+MAX_CAMERAS = 64
+MAX_IMAGE_SIDE = 16384  # pixels
+MAX_TRANSLATION_M = 1000.0  # a sensor mounted more than 1 km from the ego origin is a unit mistake
+MAX_GRID_BYTES = 8 * 2**30  # refuse a rig whose grids would need more than this (estimated, not allocated)
 
 
 @dataclass(frozen=True)
@@ -136,13 +140,31 @@ def rig_from_dict(data: Any, source: str = "<dict>") -> Rig:
     def floats(value: Any, n: int, where: str) -> tuple[float, ...]:
         if not isinstance(value, list | tuple) or len(value) != n:
             raise _bad(source, f"'{where}' must be a list of {n} numbers")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise _bad(source, f"'{where}' must be a list of {n} numbers")
         try:
             out = tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise _bad(source, f"'{where}' must be a list of {n} numbers") from None
+        except OverflowError:
+            raise _bad(source, f"'{where}' contains a number too large for a float") from None
         if not all(math.isfinite(v) for v in out):
             raise _bad(source, f"'{where}' contains a non-finite number")
         return out
+
+    def rigid(value: Any, where: str) -> tuple[tuple[float, ...], ...]:
+        """A 4x4 rigid transform: orthonormal rotation with det +1, last row 0 0 0 1, translation
+        within MAX_TRANSLATION_M (a mistaken unit, e.g. millimetres, is caught here)."""
+        t = matrix(value, 4, where)
+        arr = np.asarray(t)
+        rot = arr[:3, :3]
+        if not np.allclose(arr[3], [0.0, 0.0, 0.0, 1.0]):
+            raise _bad(source, f"'{where}' last row must be [0, 0, 0, 1] (a rigid transform)")
+        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) or np.linalg.det(rot) < 0:
+            raise _bad(source, f"'{where}' rotation is not orthonormal with determinant +1")
+        dist = float(np.linalg.norm(arr[:3, 3]))
+        if dist > MAX_TRANSLATION_M:
+            raise _bad(source, f"'{where}' translation is {dist:.4g} m from the ego origin "
+                               f"(more than {MAX_TRANSLATION_M:g} m; metres are expected)")
+        return t
 
     def matrix(value: Any, n: int, where: str) -> tuple[tuple[float, ...], ...]:
         if not isinstance(value, list | tuple) or len(value) != n:
@@ -152,22 +174,27 @@ def rig_from_dict(data: Any, source: str = "<dict>") -> Rig:
     cams_raw = need(data, "cameras", "")
     if not isinstance(cams_raw, list) or not cams_raw:
         raise _bad(source, "'cameras' must be a non-empty list")
+    if len(cams_raw) > MAX_CAMERAS:
+        raise _bad(source, f"{len(cams_raw)} cameras (at most {MAX_CAMERAS})")
+    name = data.get("name", "rig")
+    if not isinstance(name, str):
+        raise _bad(source, "'name' must be a string")
     cameras = []
     for i, cam in enumerate(cams_raw):
         where = f"cameras[{i}]."
         if not isinstance(cam, dict):
             raise _bad(source, f"'cameras[{i}]' must be an object")
         size = floats(need(cam, "image_size", where), 2, where + "image_size")
-        if min(size) < 1 or any(s != int(s) for s in size):
-            raise _bad(source, f"'{where}image_size' must be two positive integers (H, W)")
+        if min(size) < 1 or max(size) > MAX_IMAGE_SIDE or any(s != int(s) for s in size):
+            raise _bad(source, f"'{where}image_size' must be two integers (H, W) in [1, {MAX_IMAGE_SIDE}]")
         k = matrix(need(cam, "intrinsics", where), 3, where + "intrinsics")
         if k[0][0] <= 0 or k[1][1] <= 0:
             raise _bad(source, f"'{where}intrinsics' focal lengths must be positive")
-        t = matrix(need(cam, "cam_to_ego", where), 4, where + "cam_to_ego")
-        rot = np.asarray(t)[:3, :3]
-        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4):
-            raise _bad(source, f"'{where}cam_to_ego' rotation is not orthonormal")
-        cameras.append(Camera(str(cam.get("name", f"cam{i}")), (int(size[0]), int(size[1])), k, t))
+        t = rigid(need(cam, "cam_to_ego", where), where + "cam_to_ego")
+        cam_name = cam.get("name", f"cam{i}")
+        if not isinstance(cam_name, str):
+            raise _bad(source, f"'{where}name' must be a string")
+        cameras.append(Camera(cam_name, (int(size[0]), int(size[1])), k, t))
 
     depth = floats(need(data, "depth_range", ""), 3, "depth_range")
     if not (0 < depth[0] < depth[1] and depth[2] > 0):
@@ -180,8 +207,35 @@ def rig_from_dict(data: Any, source: str = "<dict>") -> Rig:
     cell = floats([need(data, "bev_cell", "")], 1, "bev_cell")[0]
     if bev[2] <= bev[0] or bev[3] <= bev[1] or cell <= 0:
         raise _bad(source, "'bev_range' must be [xmin, ymin, xmax, ymax] with max > min and 'bev_cell' > 0")
-    lidar = matrix(data.get("lidar_to_ego", np.eye(4).tolist()), 4, "lidar_to_ego")
-    return Rig(str(data.get("name", "rig")), tuple(cameras), depth, pr, vs, bev, cell, lidar)  # type: ignore[arg-type]
+    lidar = rigid(data.get("lidar_to_ego", np.eye(4).tolist()), "lidar_to_ego")
+    rig = Rig(name, tuple(cameras), depth, pr, vs, bev, cell, lidar)  # type: ignore[arg-type]
+    _check_memory(rig, source)
+    return rig
+
+
+def grid_memory_estimate(rig: Rig) -> dict[str, float]:
+    """Bytes of the largest dense tensors the rig's grids imply, computed from the numbers alone
+    (nothing allocated): the camera frustum (Ncam x D depth bins x a 32x88 feature map, BEVFusion's
+    256x704 input at stride 8, x 3 float32 coordinates), the BEV grid (Y x X cells x 80 float32
+    channels, BEVFusion's camera BEV width) and the voxel grid's linear index (Z x Y x X int32)."""
+    (dmin, dmax, step), cameras = rig.depth_range, len(rig.cameras)
+    (xmin, ymin, zmin, xmax, ymax, zmax), (vx, vy, vz) = rig.point_range, rig.voxel_size
+    bxmin, bymin, bxmax, bymax = rig.bev_range
+    depth_bins = (dmax - dmin) / step
+    bev_cells = ((bymax - bymin) / rig.bev_cell) * ((bxmax - bxmin) / rig.bev_cell)
+    voxel_cells = ((xmax - xmin) / vx) * ((ymax - ymin) / vy) * ((zmax - zmin) / vz)
+    return {"frustum": cameras * depth_bins * 32 * 88 * 3 * 4, "bev grid": bev_cells * 80 * 4,
+            "voxel grid": voxel_cells * 4}
+
+
+def _check_memory(rig: Rig, source: str) -> None:
+    for grid, need_bytes in grid_memory_estimate(rig).items():
+        if not need_bytes <= MAX_GRID_BYTES:  # also catches inf
+            raise SparsefuseError(
+                f"malformed rig {source}: its {grid} would need about {need_bytes / 2**30:.3g} GiB "
+                f"(more than {MAX_GRID_BYTES / 2**30:g} GiB)",
+                "use coarser cells (bev_cell, voxel_size), a larger depth step or smaller ranges",
+            )
 
 
 def load_rig(path: str | Path) -> Rig:
@@ -193,10 +247,21 @@ def load_rig(path: str | Path) -> Rig:
         raise SparsefuseError(f"rig file not found: {path}",
                               f"pass a JSON rig file, or one of: {', '.join(builtin_rigs())}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as exc:
+        raise _bad(str(path), f"not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise SparsefuseError(f"cannot read rig file {path}: {exc.strerror or exc}",
+                              "pass a readable JSON rig file") from None
     except json.JSONDecodeError as exc:
         raise _bad(str(path), f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except ValueError as exc:  # NaN / Infinity literals, or an integer too long to parse
+        raise _bad(str(path), str(exc)) from None
     return rig_from_dict(data, str(path))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def builtin_rigs() -> list[str]:

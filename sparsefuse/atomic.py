@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -42,9 +43,28 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
             os.chmod(tmp, shared)
         os.replace(tmp, dest)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with signals_deferred(), contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, so that a second Ctrl-C during a cleanup
+    cannot stop it halfway (the signal is delivered, and raises, right after). A no-op off the main
+    thread or where the platform has no signal mask."""
+    import signal
+    import threading
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _umask() -> int:
@@ -64,8 +84,37 @@ def write_text(dest: str | os.PathLike[str], text: str) -> Path:
 
 
 def write_json(dest: str | os.PathLike[str], obj: Any) -> Path:
-    """Write JSON with sorted keys and a trailing newline (stable bytes for stable hashes)."""
-    return write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write JSON with sorted keys and a trailing newline (stable bytes for stable hashes).
+
+    NaN and infinities are refused (SparsefuseError naming the key path, nothing written): JSON has
+    no literal for them and strict readers reject ``NaN``, so an artifact never carries one."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    except ValueError:
+        where = _non_finite_path(obj, "") or "a value"
+        raise SparsefuseError(f"{Path(dest).name} would contain a non-finite number at {where}",
+                              "a NaN or infinity came from an input or a measurement; check the inputs "
+                              "(nothing was written)") from None
+    return write_text(dest, text + "\n")
+
+
+def _non_finite_path(obj: Any, where: str) -> str | None:
+    """The key path (``a.b[2]``) of the first NaN / infinity in ``obj``, or None."""
+    if hasattr(obj, "tolist"):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return where or "the top level" if not math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            found = _non_finite_path(value, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    if isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            found = _non_finite_path(value, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def _json_default(obj: Any) -> Any:

@@ -251,6 +251,14 @@ def load_target_file(path: str | Path) -> Target:
         raise SparsefuseError(
             f"target file not found: {path}", "pass a registry tag or an existing .toml"
         ) from None
+    except IsADirectoryError:
+        raise SparsefuseError(f"target file {path} is a directory", "pass a .toml file") from None
+    except UnicodeDecodeError as exc:
+        raise SparsefuseError(f"target file {path} is not UTF-8 text (byte {exc.start})",
+                              "save the TOML as UTF-8") from None
+    except OSError as exc:
+        raise SparsefuseError(f"cannot read target file {path}: {exc.strerror or exc}",
+                              "pass a readable .toml file") from None
     except tomllib.TOMLDecodeError as exc:
         raise SparsefuseError(f"target file {path} is not valid TOML: {exc}", "fix the TOML syntax") from None
     return target_from_dict(raw, where=str(path))

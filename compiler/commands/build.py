@@ -52,10 +52,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from sparsefuse.compiler.cli_inputs import check_onnx_file
     from sparsefuse.targets.registry import get_target
 
     console = Console(stderr=True)
     target = get_target(args.target)
+    check_onnx_file(args.onnx, "--onnx")
     if target.backend == "onnxruntime":
         from sparsefuse.targets.backends import onnxruntime as ort_backend
 

@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.profile is not None and not args.profile.is_file():
         raise SparsefuseError(f"profile not found: {args.profile}",
                               "pass a profile.json written by sparsefuse")
-    if args.latency_budget_ms is not None and args.latency_budget_ms <= 0:
-        raise SparsefuseError(f"--latency-budget-ms {args.latency_budget_ms} is not positive", "e.g. 50")
+    if args.latency_budget_ms is not None and not 0 < args.latency_budget_ms < float("inf"):  # NaN too
+        raise SparsefuseError(f"--latency-budget-ms {args.latency_budget_ms} is not a positive finite number",
+                              "e.g. 50")
     result = make_bundle(
         HandoffOptions(
             out=args.out,

@@ -79,10 +79,11 @@ def _frames(args: argparse.Namespace) -> list[dict]:
 
         from sparsefuse.errors import SparsefuseError
 
-        if not Path(args.inputs).is_file():
+        if not Path(args.inputs).exists():
             raise SparsefuseError(f"inputs file not found: {args.inputs}", "pass an .npz of input arrays")
-        with np.load(args.inputs) as data:
-            return [{k: np.ascontiguousarray(data[k]) for k in data.files}]
+        from sparsefuse.compiler.cli_inputs import load_npz
+
+        return [load_npz(args.inputs, "--inputs")]
     from sparsefuse.models.frames import random_frame
     from sparsefuse.models.presets import get_preset
 
@@ -100,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sparsefuse.errors import SparsefuseError
+    from sparsefuse.models.frames import check_num_points
     from sparsefuse.targets.profiler import write_profile
     from sparsefuse.targets.registry import get_target
 
     console = Console(stderr=True)
+    check_num_points(args.points, "--points")
     target = get_target(args.target)
     if args.backend == "torch":
         from pathlib import Path
@@ -137,7 +140,11 @@ def run(args: argparse.Namespace) -> int:
                 "--onnx is required unless --import-trtexec is given",
                 "pass the lowered model, e.g. OUT/lowered/cpu.onnx",
             )
+        from sparsefuse.compiler.cli_inputs import check_feeds, check_onnx_file
+
+        model = check_onnx_file(args.onnx, "--onnx")
         frames = _frames(args)
+        check_feeds(model, frames, f"the frames ({'--inputs' if args.inputs else '--frames-dir / --model'})")
         if target.backend == "onnxruntime" and not args.estimate:
             from sparsefuse.targets.engine import profile_onnxruntime
 

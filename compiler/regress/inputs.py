@@ -14,7 +14,6 @@ Anything else is refused with a request for ``--inputs``.
 from __future__ import annotations
 
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,16 +79,11 @@ def _select(feeds: list[dict[str, np.ndarray]], model: onnx.ModelProto, where: s
 
 def frames_from_npz(path: Path, model: onnx.ModelProto) -> Frames:
     """One frame from an npz with one array per graph input (a bundle's golden/inputs.npz)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            feed = {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        raise SparsefuseError(f"--inputs {path} does not exist", "check the path") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise SparsefuseError(
-            f"--inputs {path} is not an npz of arrays ({exc})", "write it with np.savez(path, **feeds)"
-        ) from None
+    from sparsefuse.compiler.cli_inputs import check_feeds, load_npz
+
+    feed = load_npz(path, "--inputs")  # refuses a folder, a non-npz, object arrays (never unpickled)
     feeds = _select([feed], model, f"inputs {path}")
+    check_feeds(model, feeds, f"--inputs {path}")  # dtype, rank, static dims: before ORT sees them
     return Frames(feeds, f"--inputs file {path} (1 frame{_points_range(feeds)})")
 
 

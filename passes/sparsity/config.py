@@ -15,6 +15,7 @@ remain. ``params=0.25`` keeps ≤ 25 % of the prunable weights (75 % parameter s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class SparsityConfig:
     obs_block: int = 128
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check_choice("allocator", self.allocator, ALLOCATORS)
         _check_choice("pattern", self.pattern, PATTERNS)
         _check_choice("budget kind", self.budget_kind, BUDGET_KINDS)
@@ -80,6 +82,15 @@ class SparsityConfig:
             )
         if self.beta < 0:
             raise SparsefuseError(f"beta={self.beta} is negative", "use beta ≥ 0 (0 = plain RD-Prune)")
+        if self.seed < 0:
+            raise SparsefuseError(f"seed={self.seed} is negative", "use a seed ≥ 0, e.g. seed=0")
+        for name, top in INT_LIMITS.items():
+            if getattr(self, name) > top:
+                raise SparsefuseError(f"{name}={getattr(self, name)} is absurdly large",
+                                      f"use {name} ≤ {top} (default {getattr(SparsityConfig, name)})")
+        if any(not math.isfinite(w) or w < 0 for _, w in self.modality_weights):
+            raise SparsefuseError(f"modality weights {self.modality_weights} are not all finite and ≥ 0",
+                                  "use e.g. camera=1,lidar=2,fusion=1")
 
     @property
     def effective_beta(self) -> float:
@@ -88,6 +99,39 @@ class SparsityConfig:
 
     def weights(self) -> dict[str, float]:
         return dict(self.modality_weights)
+
+
+# Upper bounds of the integer options: each multiplies the stage's work or memory.
+INT_LIMITS = {"calib": 4096, "levels": 1001, "dp_resolution": 1_000_000, "obs_block": 65_536}
+
+
+def _check_types(config: SparsityConfig) -> None:
+    """Each option has its field's type (a list where a number belongs, a string where a flag belongs,
+    NaN or infinity are refused here, before any of them reaches the allocator)."""
+    for item in fields(config):
+        value, kind = getattr(config, item.name), str(item.type)
+        if item.name == "latency_table" and value is None:
+            continue
+        if item.name == "modality_weights":
+            if not isinstance(value, tuple) or not all(
+                isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
+                and isinstance(pair[1], int | float) and not isinstance(pair[1], bool) for pair in value
+            ):
+                raise SparsefuseError(f"modality_weights={value!r} is not a list of name=number",
+                                      "use e.g. camera=1,lidar=2,fusion=1")
+            continue
+        if kind == "bool":
+            ok, want = isinstance(value, bool), "true or false"
+        elif kind == "int":
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif kind == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        else:
+            ok, want = isinstance(value, str), "a string"
+        if not ok:
+            raise SparsefuseError(f"sparsity option {item.name}={value!r} is not {want}",
+                                  f"e.g. {item.name}={getattr(SparsityConfig, item.name)}")
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -115,7 +159,10 @@ def parse_budget(text: str) -> tuple[str, float, str | None]:
 
 def _fraction(value: str, text: str) -> float:
     try:
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(value)
+        return number
     except ValueError:
         raise SparsefuseError(
             f"budget {text!r}: {value!r} is not a number", "give a fraction in (0, 1], e.g. params=0.25"
@@ -151,12 +198,16 @@ def config_from_options(budget: str = "params=0.5", **options) -> SparsityConfig
 
 
 def _coerce(key: str, raw, annotation) -> object:
+    if key == "modality_weights" and isinstance(raw, dict):  # a JSON / TOML table {name: weight}
+        return tuple((str(name), weight) for name, weight in raw.items())
     if not isinstance(raw, str):
         return raw
     if key == "modality_weights":
         return parse_weights(raw)
     try:
         if "bool" in str(annotation):
+            if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes", "on")
         if "int" in str(annotation) and "float" not in str(annotation):
             return int(raw)
