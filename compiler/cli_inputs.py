@@ -88,6 +88,23 @@ def check_feeds(model, frames: Sequence[Mapping[str, np.ndarray]], where: str) -
                                       f"the model takes [{shown}]", hint)
 
 
+def check_out_path(path: str | Path, flag: str = "--out", *, is_dir: bool) -> None:
+    """Before any expensive work: ``path`` can become the output folder (``is_dir``) or file. Nothing
+    is created here; the nearest existing ancestor must be a writable folder."""
+    import os
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != is_dir:
+        raise SparsefuseError(f"{flag} {path} exists and is {'not ' if is_dir else ''}a directory",
+                              f"give {flag} a {'folder' if is_dir else 'file'} path")
+    ancestor = path.parent if not path.exists() else path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SparsefuseError(f"cannot write {flag} {path}: {ancestor} is not a writable folder",
+                              f"choose a {flag} path you can write to")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

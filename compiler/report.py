@@ -114,13 +114,13 @@ def _verify_section(verify: dict[str, Any] | None) -> str:
         sizes = frame.get("dynamic") or {"points": frame.get("num_points")}
         for name, check in frame.get("outputs", {}).items():
             rows.append((index, which, ", ".join(f"{k} {v}" for k, v in sizes.items()), name,
-                         f"{check['max_abs']:.3g}", f"{check['tolerance']:.3g}",
+                         _number(check['max_abs']), _number(check['tolerance']),
                          "pass" if check["pass"] else "FAIL"))
     command = verify.get("polygraphy", {}).get("command")
     tail = f"\nReproduce from OUT: `{command}`\n" if command else ""
     conversion = verify.get("conversion")
     if conversion:
-        worst = ", ".join(f"{k} {v['max_abs']:.3g}" for k, v in conversion.get("outputs", {}).items())
+        worst = ", ".join(f"{k} {_number(v['max_abs'])}" for k, v in conversion.get("outputs", {}).items())
         verdict = "pass" if conversion.get("pass") else "FAIL"
         tail += (f"\nConversion alone (the converted PyTorch model against the original): {verdict}; "
                  f"worst max abs error per output: {worst}.\n")
@@ -205,3 +205,8 @@ def _engine_section(out: Path, records: Sequence[Any]) -> str:
              "no TensorRT on this machine: no engine was built")
     return (f"## Engine\n\n{state}. On the target: `bash {engine_dir}/{built.get('build_script')}` then "
             f"`bash {engine_dir}/{built.get('profile_script')}`.\n")
+
+
+def _number(value: Any) -> str:
+    """A JSON number for a table; null is how sparsefuse.atomic.write_json writes NaN / infinity."""
+    return "not finite" if value is None else f"{value:.3g}"

@@ -86,35 +86,37 @@ def write_text(dest: str | os.PathLike[str], text: str) -> Path:
 def write_json(dest: str | os.PathLike[str], obj: Any) -> Path:
     """Write JSON with sorted keys and a trailing newline (stable bytes for stable hashes).
 
-    NaN and infinities are refused (SparsefuseError naming the key path, nothing written): JSON has
-    no literal for them and strict readers reject ``NaN``, so an artifact never carries one."""
-    try:
-        text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
-    except ValueError:
-        where = _non_finite_path(obj, "") or "a value"
-        raise SparsefuseError(f"{Path(dest).name} would contain a non-finite number at {where}",
-                              "a NaN or infinity came from an input or a measurement; check the inputs "
-                              "(nothing was written)") from None
+    JSON has no literal for NaN or infinity (strict readers reject ``NaN``), so an artifact never
+    carries one: each is written as null and, in an object document, listed under ``"non_finite"``
+    ({key path: "nan" | "inf" | "-inf"}) so that a reader knows why the number is missing. A
+    document that is not an object cannot say so and is refused (SparsefuseError naming the path)."""
+    found: dict[str, str] = {}
+    clean = _finite_only(obj, "", found)
+    if found:
+        if not isinstance(clean, dict):
+            raise SparsefuseError(
+                f"{Path(dest).name} would contain a non-finite number at {next(iter(found))}",
+                "a NaN or infinity came from an input or a measurement (nothing was written)")
+        clean = {**clean, "non_finite": found}
+    text = json.dumps(clean, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
     return write_text(dest, text + "\n")
 
 
-def _non_finite_path(obj: Any, where: str) -> str | None:
-    """The key path (``a.b[2]``) of the first NaN / infinity in ``obj``, or None."""
-    if hasattr(obj, "tolist"):
+def _finite_only(obj: Any, where: str, found: dict[str, str]) -> Any:
+    """``obj`` with NaN / infinities replaced by None; their key paths (``a.b[2]``) go in ``found``."""
+    if hasattr(obj, "tolist") and not isinstance(obj, str | bytes):
         obj = obj.tolist()
     if isinstance(obj, float):
-        return where or "the top level" if not math.isfinite(obj) else None
+        if math.isfinite(obj):
+            return obj
+        found[where or "the top level"] = "nan" if obj != obj else ("inf" if obj > 0 else "-inf")
+        return None
     if isinstance(obj, dict):
-        for key, value in obj.items():
-            found = _non_finite_path(value, f"{where}.{key}" if where else str(key))
-            if found:
-                return found
+        return {key: _finite_only(value, f"{where}.{key}" if where else str(key), found)
+                for key, value in obj.items()}
     if isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            found = _non_finite_path(value, f"{where}[{i}]")
-            if found:
-                return found
-    return None
+        return [_finite_only(value, f"{where}[{i}]", found) for i, value in enumerate(obj)]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

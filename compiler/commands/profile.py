@@ -100,6 +100,7 @@ def _frames(args: argparse.Namespace) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from sparsefuse.compiler.cli_inputs import check_out_path
     from sparsefuse.errors import SparsefuseError
     from sparsefuse.models.frames import check_num_points
     from sparsefuse.targets.profiler import write_profile
@@ -107,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     check_num_points(args.points, "--points")
+    # Cheap checks before measuring: where the results go, and what --latency-table needs.
+    check_out_path(args.out, "--out", is_dir=False)
+    if args.latency_table:
+        if not args.onnx:
+            raise SparsefuseError("--latency-table needs --onnx", "pass the lowered model")
+        check_out_path(args.latency_table, "--latency-table", is_dir=False)
     target = get_target(args.target)
     if args.backend == "torch":
         from pathlib import Path

@@ -89,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from sparsefuse.compiler.cli_inputs import check_out_path
     from sparsefuse.compiler.threads import apply_threads, check_threads
     from sparsefuse.models.frames import check_num_points
     from sparsefuse.passes.sparsity.config import config_from_options
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_num_points(args.num_points, "--num-points")
     check_threads(args.threads)
+    check_out_path(args.out, "--out", is_dir=True)  # before minutes of pruning
     config = config_from_options(
         args.budget,
         allocator=args.allocator,

@@ -869,6 +869,60 @@ def _non_finite_cases() -> list[Case]:
     return cases
 
 
+def _cheap_first_cases() -> list[Case]:
+    """Refusals that used to come after the expensive part (measuring, pruning): each must come
+    before it (test_cheap_checks_come_first times them)."""
+    blocker = _file("cheap/a_file", _raw(b"not a folder"))
+    folder = _file("cheap/a_folder", _folder)
+    profile = ["profile", "--onnx", "{c}/onnx/toy.onnx", "--target", "cpu", "--inputs", "{c}/npz/good.npz"]
+    variants = {
+        "profile --out is a folder": [*profile, "--out", "{c}/" + folder],
+        "profile --out under a file": [*profile, "--out", "{c}/" + blocker + "/p.json"],
+        "profile --latency-table under a file": [
+            *profile,
+            "--out",
+            "{o}/p.json",
+            "--latency-table",
+            "{c}/" + blocker + "/t.json",
+        ],
+        "profile --latency-table without --onnx": [
+            "profile",
+            "--target",
+            "cpu",
+            "--import-trtexec",
+            "{c}/" + folder,
+            "--out",
+            "{o}/p.json",
+            "--latency-table",
+            "{o}/t.json",
+        ],
+        "prune --out is a file": [
+            "prune",
+            "--model",
+            "bevfusion-tiny",
+            "--synthetic",
+            "--calib",
+            "1",
+            "--out",
+            "{c}/" + blocker,
+        ],
+        "prune --out under a file": [
+            "prune",
+            "--model",
+            "bevfusion-tiny",
+            "--synthetic",
+            "--calib",
+            "1",
+            "--out",
+            "{c}/" + blocker + "/o",
+        ],
+    }
+    return [
+        Case("cheap_first", name, lambda c, a=argv, n=f"cf{i}": [x.format(c=c, o=_out(c, n)) for x in a])
+        for i, (name, argv) in enumerate(variants.items())
+    ]
+
+
 CORPUS: list[Case] = [
     *_rig_cases(),
     *_toml_cases(),
@@ -879,6 +933,7 @@ CORPUS: list[Case] = [
     *_weights_cases(),
     *_frames_cases(),
     *_non_finite_cases(),
+    *_cheap_first_cases(),
 ]
 CORPUS_SIZES: dict[str, int] = {}
 for _case in CORPUS:
@@ -972,27 +1027,64 @@ def test_corpus_size_per_class(capsys) -> None:
         "weights",
         "frames",
         "non_finite",
+        "cheap_first",
     }
     assert len({c.id for c in CORPUS}) == len(CORPUS)
 
 
+@pytest.mark.parametrize("case", [c for c in CORPUS if c.cls == "cheap_first"], ids=lambda c: c.name)
+def test_cheap_checks_come_first(case: Case, corpus: Path, capsys) -> None:
+    start = time.perf_counter()
+    try:
+        code = main(case.argv(corpus))
+    finally:
+        shutil.rmtree(corpus / "outs", ignore_errors=True)
+    assert_refused(code, capsys.readouterr().err)
+    assert time.perf_counter() - start < 5.0  # refused before measuring or pruning
+
+
 # ---------------------------------------------------------------------------------- JSON artifacts
 @pytest.mark.parametrize(
-    ("obj", "where"),
+    ("obj", "where", "kind"),
     [
-        ({"a": float("nan")}, "a"),
-        ({"a": {"b": [1.0, float("inf")]}}, "a.b[1]"),
-        ({"x": [{"y": -float("inf")}]}, "x[0].y"),
-        ({"arr": np.array([1.0, np.nan])}, "arr[1]"),
-        ([float("nan")], "[0]"),
+        ({"a": float("nan")}, "a", "nan"),
+        ({"a": {"b": [1.0, float("inf")]}}, "a.b[1]", "inf"),
+        ({"x": [{"y": -float("inf")}]}, "x[0].y", "-inf"),
+        ({"arr": np.array([1.0, np.nan])}, "arr[1]", "nan"),
+        ({"m": np.float32("nan"), "ok": 2.5}, "m", "nan"),
     ],
 )
-def test_write_json_refuses_non_finite_numbers_and_names_the_key(tmp_path, obj, where) -> None:
+def test_write_json_writes_non_finite_numbers_as_null_with_their_paths(tmp_path, obj, where, kind) -> None:
     dest = tmp_path / "verify.json"
+    write_json(dest, obj)
+    text = dest.read_text()
+    doc = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} literal in {text}"))
+    assert doc["non_finite"] == {where: kind}
+    node = doc
+    for part in where.replace("[", ".").replace("]", "").split("."):
+        node = node[int(part)] if part.isdigit() else node[part]
+    assert node is None
+    assert [p.name for p in tmp_path.iterdir()] == ["verify.json"]  # no temp file left
+
+
+def test_write_json_refuses_a_non_finite_document_that_is_not_an_object(tmp_path) -> None:
     with pytest.raises(SparsefuseError) as info:
-        write_json(dest, obj)
-    assert f"at {where}" in info.value.message and info.value.hint
-    assert list(tmp_path.iterdir()) == []  # neither the file nor a temp file
+        write_json(tmp_path / "x.json", [1.0, float("nan")])
+    assert "at [1]" in info.value.message and info.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_bytes_of_finite_documents_are_unchanged(tmp_path) -> None:
+    doc = {"b": [1, 2.5, None], "a": {"c": "x"}}
+    write_json(tmp_path / "d.json", doc)
+    assert (tmp_path / "d.json").read_text() == json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def test_a_verify_report_with_nan_renders(tmp_path) -> None:
+    """report.md reads verify.json back: a null max_abs (a NaN output) is shown, not a crash."""
+    from sparsefuse.compiler.report import _number
+
+    assert _number(None) == "not finite" and _number(0.5) == "0.5"
 
 
 # ---------------------------------------------------------------------------------- subprocesses
