@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise SparsefuseError(f"unknown mode(s) {unknown or args.modes!r}", f"choose from {', '.join(MODES)}")
+    if args.json:  # before the evaluation, not after it
+        from sparsefuse.compiler.cli_inputs import check_out_path
+
+        check_out_path(args.json, "--json", is_dir=False)
     torch.set_num_threads(args.threads)
     ckpt = args.checkpoint or str(
         Path(models_pkg.__file__).parent / "checkpoints" / f"{args.model}.safetensors"

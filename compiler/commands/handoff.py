@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     if args.latency_budget_ms is not None and not 0 < args.latency_budget_ms < float("inf"):  # NaN too
         raise SparsefuseError(f"--latency-budget-ms {args.latency_budget_ms} is not a positive finite number",
                               "e.g. 50")
+    if args.sign_key is not None:  # a bad key is found now, not after the bundle is built
+        from sparsefuse.compiler.bundle import sign
+
+        sign(b"key check", args.sign_key)
     result = make_bundle(
         HandoffOptions(
             out=args.out,

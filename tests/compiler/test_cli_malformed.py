@@ -916,6 +916,32 @@ def _cheap_first_cases() -> list[Case]:
             "--out",
             "{c}/" + blocker + "/o",
         ],
+        "handoff --sign-key not a key": [
+            "handoff",
+            "{c}/handoff-out",
+            "--target",
+            "cpu",
+            "--sign-key",
+            "{c}/" + blocker,
+        ],
+        "handoff --sign-key missing": [
+            "handoff",
+            "{c}/handoff-out",
+            "--target",
+            "cpu",
+            "--sign-key",
+            "{c}/no-key.pem",
+        ],
+        "handoff --sign-key a folder": [
+            "handoff",
+            "{c}/handoff-out",
+            "--target",
+            "cpu",
+            "--sign-key",
+            "{c}/" + folder,
+        ],
+        "eval --json under a file": ["eval", "--json", "{c}/" + blocker + "/r.json"],
+        "eval --json a folder": ["eval", "--json", "{c}/" + folder],
     }
     return [
         Case("cheap_first", name, lambda c, a=argv, n=f"cf{i}": [x.format(c=c, o=_out(c, n)) for x in a])
