@@ -15,7 +15,6 @@ Corpus sizes are computed at import (``CORPUS_SIZES``) and checked by
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -1173,18 +1172,26 @@ def test_sigterm_during_a_compile_is_like_ctrl_c(tmp_path: Path) -> None:
     assert _stray(out) == []
 
 
-def test_a_second_signal_during_cleanup_waits_for_it(tmp_path: Path) -> None:
-    """atomic_path removes its temp file with SIGINT held: a Ctrl-C arriving then is delivered after."""
+def test_a_second_ctrl_c_during_cleanup_does_not_leave_the_temp_file(tmp_path: Path, monkeypatch) -> None:
+    """The first Ctrl-C interrupts a write; a second one arrives while atomic_path removes its temp
+    file. The removal still completes (signals are held), then the second Ctrl-C is delivered."""
     from sparsefuse.atomic import atomic_path
 
-    dest = tmp_path / "artifact.json"
-    with pytest.raises(KeyboardInterrupt), atomic_path(dest) as tmp:
+    real_unlink = Path.unlink
+    sent = []
+
+    def unlink_with_a_second_ctrl_c(self: Path, missing_ok: bool = False) -> None:
+        if not sent:
+            sent.append(self)
+            os.kill(os.getpid(), signal.SIGINT)  # without the held signals this raises right here
+            time.sleep(0.05)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink_with_a_second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "artifact.json") as tmp:
         tmp.write_text("half")
-        with contextlib.suppress(KeyboardInterrupt):
-            raise KeyboardInterrupt  # the first Ctrl-C, handled by the writer
-        os.kill(os.getpid(), signal.SIGINT)  # delivered here: atomic_path cleans up, then re-raises
-        time.sleep(1)
-    assert list(tmp_path.iterdir()) == []
+        raise KeyboardInterrupt  # the first Ctrl-C
+    assert sent and list(tmp_path.iterdir()) == []
 
 
 def test_signals_are_held_during_a_cleanup(tmp_path: Path) -> None:
