@@ -24,7 +24,8 @@ def check_onnx_file(path: str | Path, flag: str = "--onnx"):  # -> onnx.ModelPro
     if path.is_dir():
         raise SparsefuseError(f"{flag} {path} is a directory", "pass an .onnx file")
     if not path.is_file():
-        raise SparsefuseError(f"{flag} {path} does not exist", "pass an existing .onnx file")
+        raise SparsefuseError(f"ONNX model not found: {path} ({flag})",
+                              "run `sparsefuse compile` first, or pass an existing .onnx file")
     hint = "pass an ONNX model written by sparsefuse compile (OUT/lowered/<target>.onnx)"
     try:
         model = onnx.load(str(path), load_external_data=False)

@@ -56,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
     from sparsefuse.targets.registry import get_target
 
     console = Console(stderr=True)
+    if args.points:
+        from sparsefuse.errors import SparsefuseError
+        from sparsefuse.models.frames import check_num_points
+
+        for count in args.points:
+            check_num_points(count, "--points")
+        if len(args.points) > 3 or list(args.points) != sorted(args.points):
+            raise SparsefuseError(f"--points {' '.join(map(str, args.points))} is not min [opt [max]]",
+                                  "give one to three increasing counts, e.g. --points 1000 30000 60000")
     target = get_target(args.target)
     check_onnx_file(args.onnx, "--onnx")
     if target.backend == "onnxruntime":

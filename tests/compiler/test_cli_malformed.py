@@ -513,6 +513,31 @@ def _points_cases() -> list[Case]:
     return cases
 
 
+BUILD_POINTS = (["-5"], ["4000001"], ["1000000000000"], ["10", "5", "1"], ["1", "2", "3", "4"], ["3", "2"])
+
+
+def _build_points_cases() -> list[Case]:
+    return [
+        Case(
+            "points",
+            f"build --points {' '.join(values)}",
+            lambda c, v=values: [
+                "build",
+                "--onnx",
+                str(c / "onnx/toy.onnx"),
+                "--target",
+                "jetson/agx-orin-64gb",
+                "--out",
+                _out(c, "bp" + "_".join(v)),
+                "--points",
+                *v,
+            ],
+            "--points",
+        )
+        for values in BUILD_POINTS
+    ]
+
+
 def _onnx_bytes() -> bytes:
     return conv_stack_model().SerializeToString()
 
@@ -953,6 +978,7 @@ CORPUS: list[Case] = [
     *_toml_cases(),
     *_sparsity_cases(),
     *_points_cases(),
+    *_build_points_cases(),
     *_onnx_cases(),
     *_npz_cases(),
     *_weights_cases(),
