@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n in STAGE_NAMES if (n != "sparsity" or config.sparsity is not None)
              and (n != "precision" or config.precision is not None)]
     with RichProgress(names) as progress:
-        progress.console.print(f"[dim]torch threads: {threads} (reference and sparsity)[/]")
         result = compile_model(config, progress, source, threads=threads)
+    # After the stages, not before: a refusal mid-compile stays the only line on stderr.
+    progress.console.print(f"[dim]torch threads: {threads} (reference and sparsity)[/]")
     progress.summary(result)
     return 0 if result.verify_passed else 1
 
