@@ -1,4 +1,4 @@
-"""``sparsefuse handoff``: package one compile for vehicle integration (DESIGN.md §1, job 3).
+"""``sparsefuse handoff``: package one compile for vehicle integration (docs/design.md §1, job 3).
 
 Bundle layout (every file listed in manifest.json with its SHA-256; lowered/ and engine/ as in
 the compile directory, so the trtexec recipes find the model where they expect it):
@@ -217,7 +217,7 @@ def golden_frames(out: Path, record: dict[str, Any], count: int) -> list[tuple[d
 
 
 def golden_tolerances(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """DESIGN.md §7 per output: fp32 for the CPU check, fp16 for an fp16/TF32 engine."""
+    """docs/tolerances.md per output: fp32 for the CPU check, fp16 for an fp16/TF32 engine."""
     from sparsefuse.compiler.regress.accuracy import default_tolerance
 
     return {

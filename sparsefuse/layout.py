@@ -1,4 +1,5 @@
-"""Where a compile's artifacts live inside OUT (DESIGN.md §3), for every layer that reads or writes them."""
+"""Where a compile's artifacts live inside OUT (docs/design.md §3), for every layer that reads or
+writes them."""
 
 from __future__ import annotations
 
