@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -1198,6 +1199,9 @@ def test_sigterm_during_a_compile_is_like_ctrl_c(tmp_path: Path) -> None:
     assert _stray(out) == []
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread()
+                    or signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+                    reason="needs Ctrl-C to raise KeyboardInterrupt (not in xdist workers)")
 def test_a_second_ctrl_c_during_cleanup_does_not_leave_the_temp_file(tmp_path: Path, monkeypatch) -> None:
     """The first Ctrl-C interrupts a write; a second one arrives while atomic_path removes its temp
     file. The removal still completes (signals are held), then the second Ctrl-C is delivered."""
@@ -1220,6 +1224,9 @@ def test_a_second_ctrl_c_during_cleanup_does_not_leave_the_temp_file(tmp_path: P
     assert sent and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread()
+                    or signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+                    reason="needs Ctrl-C to raise KeyboardInterrupt (not in xdist workers)")
 def test_signals_are_held_during_a_cleanup(tmp_path: Path) -> None:
     from sparsefuse.atomic import signals_deferred
 
