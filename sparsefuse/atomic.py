@@ -52,19 +52,29 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block ends, so that a second Ctrl-C during a cleanup
     cannot stop it halfway (the signal is delivered, and raises, right after). A no-op off the main
-    thread or where the platform has no signal mask."""
+    thread.
+
+    The Python-level handlers are swapped for recorders rather than masking the signals: in a
+    process with other threads (torch, ONNX Runtime pools) the kernel hands a process signal to any
+    thread that does not block it, and Python then runs the handler in the main thread anyway."""
     import signal
     import threading
 
-    held = {signal.SIGINT, signal.SIGTERM}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    swapped = [sig for sig, handler in previous.items() if handler is not None]
+    for sig in swapped:
+        signal.signal(sig, lambda signum, _frame: pending.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig in swapped:
+            signal.signal(sig, previous[sig])
+        for sig in pending:  # delivered now, to the handlers that were in place
+            signal.raise_signal(sig)
 
 
 def _umask() -> int:
