@@ -79,20 +79,6 @@ def parse_model_ref(text: str) -> ModelRef:
     return ModelRef(text, "module", location, factory)
 
 
-def model_source_digest(ref: ModelRef) -> str:
-    """SHA-256 of the code behind a user model (its file; a module's file where it has one), so a
-    changed model re-runs every stage. Presets are covered by sparsefuse's own source digest."""
-    if ref.kind == "file":
-        return hashlib.sha256(Path(ref.location).read_bytes()).hexdigest()
-    if ref.kind == "module":
-        found = importlib.util.find_spec(ref.location.split(".")[0])
-        if found is not None:
-            spec = importlib.util.find_spec(ref.location)
-            if spec is not None and spec.origin and Path(spec.origin).is_file():
-                return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
-    return "builtin"
-
-
 def load_factory(ref: ModelRef) -> Any:
     """Import the factory callable named by ``ref`` (a file is imported as a module of its own,
     with its folder on sys.path so that it can import its siblings)."""

@@ -104,34 +104,18 @@ class ModelSource:
     """One model for every stage; see the module docstring. ``build`` makes the original model
     (weights loaded) lazily, so a fully cached recompile never builds it."""
 
-    def __init__(self, label: str, spec: ModelSpec | None, build: Callable[[], Any],
-                 frames: FrameSource | None, convert_options: Mapping[str, Any] | None = None,
-                 is_preset: bool = False) -> None:
+    def __init__(self, label: str, spec: ModelSpec, build: Callable[[], Any], frames: FrameSource,
+                 convert_options: Mapping[str, Any] | None = None, is_preset: bool = False) -> None:
         self.label = label
-        self._spec = spec
+        self.spec = spec
         self._build = build
-        self._frames = frames
+        self.frames = frames
         self.convert_options = dict(convert_options or {})
         self.is_preset = is_preset
 
     @functools.cached_property
     def original(self) -> Any:
         return self._build().eval()
-
-    @property
-    def spec(self) -> ModelSpec:
-        if self._spec is None:
-            frames = self.frames
-            assert isinstance(frames, GivenFrames)
-            self._spec = mi.infer_spec(self.original, list(frames.frames))
-        return self._spec
-
-    @property
-    def frames(self) -> FrameSource:
-        if self._frames is None:
-            raise SparsefuseError(f"no frames for model {self.label}",
-                                  "pass --frames DIR (one .npz per frame)")
-        return self._frames
 
     @functools.cached_property
     def conversion(self) -> tuple[Any, Any]:
@@ -148,8 +132,8 @@ class ModelSource:
         return self.conversion[0]
 
     def _sample_frames(self, count: int) -> list[Frame]:
-        if isinstance(self._frames, GivenFrames):
-            return list(self._frames.frames[:count])
+        if isinstance(self.frames, GivenFrames):
+            return list(self.frames.frames[:count])
         return [self.frames.export_frame()]
 
     def forward(self, model: Any, frame: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -177,7 +161,7 @@ class ModelSource:
         """SHA-256 of the model (code + weights) and of the frames, for the stage cache keys."""
         if self.is_preset:
             return {}
-        return {"model": self._model_digest(), "frames": frames_digest(self._frames.frames)}  # type: ignore[union-attr]
+        return {"model": self._model_digest(), "frames": frames_digest(self.frames.frames)}  # type: ignore[attr-defined]
 
     def _model_digest(self) -> str:
         import hashlib
@@ -228,18 +212,13 @@ def user_source(model: Any, frames: Sequence[Mapping[str, Any]], spec: ModelSpec
     """A user's model (a module, or a zero-argument factory returning one) with its frames.
     Frames are checked against the forward now, before any expensive work."""
     numpy_frames = tuple(mi.as_numpy_frames(frames))
-
-    def build() -> Any:
-        built = model() if callable(model) and not hasattr(model, "forward") else model
-        if weights is not None:
-            mi.load_weights(built, weights)
-        return built
-
-    source = ModelSource(label or type(model).__name__, spec, build, None, convert_options)
-    resolved = mi.infer_spec(source.original, list(numpy_frames), spec)
-    source._spec = resolved
-    source._frames = GivenFrames(numpy_frames, resolved)
-    return source
+    built = model() if callable(model) and not hasattr(model, "forward") else model
+    if weights is not None:
+        mi.load_weights(built, weights)
+    # The spec is inferred by running the model once, so it is built now (not lazily).
+    resolved = mi.infer_spec(built.eval(), list(numpy_frames), spec)
+    return ModelSource(label or type(model).__name__, resolved, lambda: built,
+                       GivenFrames(numpy_frames, resolved), convert_options)
 
 
 def factory_source(ref: mi.ModelRef, frames_dir: Path | None, weights: Path | None,

@@ -11,7 +11,6 @@ Pure data, no torch: every layer may import it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -155,7 +154,3 @@ def logit_like_identity_outputs(spec: ModelSpec) -> list[str]:
     logits is dominated by cells no consumer looks at)."""
     return [o.name for o in spec.outputs
             if o.transform == "identity" and any(h in o.name.lower() for h in LOGIT_HINTS)]
-
-
-def dims_are_sane(shape: tuple[int, ...]) -> bool:
-    return all(isinstance(d, int) and d >= 0 for d in shape) and math.prod(shape) < 2**40
