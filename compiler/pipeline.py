@@ -386,10 +386,14 @@ def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, target:
     pairs = torch_side.verify_frames(count)
     precision_report = out / PRECISION_REPORT if torch_side.config.precision is not None else None
     tol, rule = tolerances_for(precision_report)
+    frames = [frame for _, frame in pairs]
+    # One reference forward per frame, shared by the comparison, the conversion check and the metrics.
+    references = [torch_side.forward(frame) for frame in frames]
+    golden = {id(frame): ref for frame, ref in zip(frames, references, strict=True)}
     report = verify(
         functools.partial(engine_session, out / engine, out / model),
-        torch_side.forward,
-        [frame for _, frame in pairs],
+        lambda frame: golden[id(frame)],
+        frames,
         [info for info, _ in pairs],
         out,
         model,
@@ -401,26 +405,28 @@ def _verify(torch_side: TorchSide, out: Path, lowered: str, engine: str, target:
                  else "the ORIGINAL user model (third-party modules as written)")
     doc = {**report.to_dict(), "checked": checked, "onnx": model, "reference": reference}
     if torch_side.plan is None and not torch_side.source.is_preset:
-        doc["conversion"] = conversion_check(torch_side, [frame for _, frame in pairs])
+        doc["conversion"] = conversion_check(torch_side, frames, references)
     if torch_side.spec.evaluate is not None:
         session = engine_session(out / engine, out / model)
-        doc["metrics"] = task_metrics(torch_side, session, count)
+        doc["metrics"] = task_metrics(torch_side, session, count, references)
     write_json(out / "verify.json", doc)
     return {"pass": report.passed, "polygraphy_pass": report.polygraphy_passed, "reference": reference,
             "polygraphy_command": report.polygraphy_command, "checked": checked}
 
 
-def task_metrics(torch_side: TorchSide, session: Any, count: int) -> dict[str, Any]:
-    """The spec's ``evaluate(outputs, frame)`` on the verify frames, for the reference and for the
-    ONNX graph: mean per metric and the difference (an accuracy gate reads these)."""
+def task_metrics(torch_side: TorchSide, session: Any, count: int,
+                 references: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The spec's ``evaluate(outputs, frame)`` on the verify frames, for the reference (its outputs
+    ``references``, in verify-frame order) and for the ONNX graph: mean per metric and the difference
+    (an accuracy gate reads these)."""
     evaluate = torch_side.spec.evaluate
     names = torch_side.spec.input_names
     totals: dict[str, dict[str, float]] = {}
     frames = torch_side.source.frames.verify_frames(count)  # full frames: labels included
-    for _, frame in frames:
+    for (_, frame), reference in zip(frames, references, strict=True):
         feeds = {k: np.ascontiguousarray(frame[k]) for k in names}
         onnx_out = dict(zip(torch_side.spec.output_names, session.run(None, feeds), strict=True))
-        for side, outputs in (("reference", torch_side.forward(feeds)), ("onnx", onnx_out)):
+        for side, outputs in (("reference", reference), ("onnx", onnx_out)):
             for metric, value in evaluate(outputs, frame).items():
                 totals.setdefault(metric, {}).setdefault(side, 0.0)
                 totals[metric][side] += float(value) / len(frames)
@@ -428,14 +434,15 @@ def task_metrics(torch_side: TorchSide, session: Any, count: int) -> dict[str, A
             for metric, sides in sorted(totals.items())}
 
 
-def conversion_check(torch_side: TorchSide, frames: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """The converted torch model against the original on the verify frames, per output: where a
-    verify failure comes from (conversion or export)."""
+def conversion_check(torch_side: TorchSide, frames: list[dict[str, np.ndarray]],
+                     references: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The converted torch model against the original (its outputs ``references``) on the verify
+    frames, per output: where a verify failure comes from (conversion or export)."""
     from sparsefuse.compiler.verify import check_output
 
     worst: dict[str, dict[str, Any]] = {}
-    for frame in frames:
-        ref, got = torch_side.forward(frame), torch_side.converted_forward(frame)
+    for frame, ref in zip(frames, references, strict=True):
+        got = torch_side.converted_forward(frame)
         for name in ref:
             check = check_output(name, got[name], ref[name]).to_dict()
             if name not in worst or check["max_abs"] > worst[name]["max_abs"]:
