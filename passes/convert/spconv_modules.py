@@ -130,6 +130,16 @@ def _relu_then_add(features: torch.Tensor, add_input: Any, activation: str) -> t
     return torch.relu(out) if activation == "relu" else out
 
 
+def _own_parameters(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """``weight`` / ``bias`` as the module's own parameters (copies: the user's model is untouched);
+    a missing bias is registered as None, as torch's convs do."""
+    module.weight = nn.Parameter(weight.detach().clone())
+    if bias is None:
+        module.register_parameter("bias", None)
+    else:
+        module.bias = nn.Parameter(bias.detach().clone())
+
+
 class SparseConv3d(_BaseModule):  # type: ignore[misc,valid-type]
     """``SubMConv3d`` / ``SparseConv3d`` as ``sparsefuse::sparse_conv3d``.
 
@@ -147,11 +157,7 @@ class SparseConv3d(_BaseModule):  # type: ignore[misc,valid-type]
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
         self.subm, self.activation, self.indice_key, self.pointwise = subm, activation, indice_key, pointwise
         self.path = path
-        self.weight = nn.Parameter(weight.detach().clone())
-        if bias is None:
-            self.register_parameter("bias", None)
-        else:
-            self.bias = nn.Parameter(bias.detach().clone())
+        _own_parameters(self, weight, bias)
 
     def forward(self, input: Any, add_input: Any = None) -> SparseTensor:
         """SparseConvTensor [N,Cin] -> SparseTensor [M,Cout] (M = N and same sites for subm)."""
@@ -227,11 +233,7 @@ class SparseInverseConv3d(_BaseModule):  # type: ignore[misc,valid-type]
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.activation = kernel_size, activation
         self.indice_key, self.path = indice_key, path
-        self.weight = nn.Parameter(weight.detach().clone())
-        if bias is None:
-            self.register_parameter("bias", None)
-        else:
-            self.bias = nn.Parameter(bias.detach().clone())
+        _own_parameters(self, weight, bias)
 
     def forward(self, input: Any, add_input: Any = None) -> SparseTensor:
         """SparseConvTensor [N,Cin] on the coarse grid -> SparseTensor [M,Cout] on the fine grid."""
